@@ -1,0 +1,209 @@
+"""The one settings object, read from environment variables and validated at start-up.
+
+``Settings.from_env()`` is the only place that reads the environment for configuration. Every variable is
+listed in ``VARIABLES`` with its default and description; README.md documents the same table.
+Invalid values raise ``ConfigError`` naming the variable and what is accepted.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from .catalog import ENGINES, MODEL_NAMES
+from .errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
+
+_SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "KIB": 1024, "M": 1024 ** 2, "MB": 1024 ** 2,
+               "MIB": 1024 ** 2, "G": 1024 ** 3, "GB": 1024 ** 3, "GIB": 1024 ** 3}
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def parse_size(text: str) -> int:
+    """'100MB' -> 104857600. Accepts B, KB, MB, GB (binary multiples), with or without 'B'."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
+    if not m or m.group(2).upper() not in _SIZE_UNITS:
+        raise ValueError(f"{text!r} is not a size such as 500KB, 100MB or 2GB")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).upper()])
+
+
+def parse_bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ValueError(f"{text!r} is not a boolean (true/false, 1/0, yes/no, on/off)")
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+@dataclass(frozen=True)
+class Variable:
+    env: str
+    default: str
+    help: str
+
+
+# Ordered: this table is what README.md's configuration section mirrors.
+VARIABLES: tuple[Variable, ...] = (
+    Variable("WHISPER_ENGINE", "faster-whisper", "Engine: faster-whisper (CTranslate2) or openai-whisper (PyTorch)."),
+    Variable("WHISPER_MODEL", "base", "Model loaded at start: " + ", ".join(MODEL_NAMES) + "."),
+    Variable("MODELS_DIR", "models", "Where model weights live (relative to the project root)."),
+    Variable("DATA_DIR", "data", "History database, jobs, admin secrets (relative to the project root)."),
+    Variable("DEVICE", "auto", "auto, cpu or cuda."),
+    Variable("COMPUTE_TYPE", "auto", "auto (int8 on CPU, float16 on CUDA for faster-whisper; float32/float16 for "
+                                     "openai-whisper), or int8, int8_float16, float16, float32."),
+    Variable("CPU_THREADS", "0", "Threads for inference on CPU; 0 = one per core."),
+    Variable("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR."),
+    Variable("MODEL_DOWNLOADS", "true", "Allow downloading weights that are not present locally."),
+    Variable("HOST", "0.0.0.0", "Address to listen on."),
+    Variable("HTTPS_PORT", "5001", "HTTPS port."),
+    Variable("HTTP_PORT", "5000", "Plain-HTTP port that redirects to HTTPS."),
+    Variable("HTTP_REDIRECT", "true", "Run the HTTP->HTTPS redirect listener."),
+    Variable("SSL_DIR", "ssl", "Where the self-signed certificate is generated."),
+    Variable("SSL_CERT_PATH", "", "Your own certificate (PEM); used as is."),
+    Variable("SSL_KEY_PATH", "", "Your own private key (PEM)."),
+    Variable("MAX_UPLOAD_SIZE", "100MB", "Largest upload, e.g. 500KB, 100MB, 2GB."),
+    Variable("ADMIN_PASSWORD", "", "Admin password; if empty one is generated on first start and logged once."),
+    Variable("API_KEYS", "", "Comma-separated API tokens accepted as 'Authorization: Bearer'."),
+    Variable("REQUIRE_AUTH", "false", "Require a token (or admin login) for transcription too."),
+    Variable("CORS_ORIGINS", "", "Comma-separated extra origins allowed for CORS and Socket.IO (same-origin always)."),
+    Variable("ASYNC_MODE", "eventlet", "eventlet or threading."),
+    Variable("RESULT_CACHE", "true", "Return the stored result for identical audio, model and options."),
+    Variable("HISTORY_RETENTION_DAYS", "0", "Delete history older than this many days; 0 keeps forever."),
+    Variable("LIVE_MAX_SESSIONS", "8", "Concurrent live dictation sessions."),
+    Variable("LIVE_MAX_CHUNK_SIZE", "1MB", "Largest single live audio chunk."),
+    Variable("LIVE_MAX_SESSION_SECONDS", "3600", "Longest live session, in seconds of audio."),
+    Variable("LIVE_MAX_CHUNKS_PER_SECOND", "20", "Chunks per second accepted per connection."),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    whisper_engine: str = "faster-whisper"
+    whisper_model: str = "base"
+    models_dir: Path = PROJECT_ROOT / "models"
+    data_dir: Path = PROJECT_ROOT / "data"
+    device: str = "auto"
+    compute_type: str = "auto"
+    cpu_threads: int = 0
+    log_level: str = "INFO"
+    model_downloads: bool = True
+    host: str = "0.0.0.0"
+    https_port: int = 5001
+    http_port: int = 5000
+    http_redirect: bool = True
+    ssl_dir: Path = PROJECT_ROOT / "ssl"
+    ssl_cert_path: Path | None = None
+    ssl_key_path: Path | None = None
+    max_upload_size: int = 100 * 1024 ** 2
+    admin_password: str = field(default="", repr=False)
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    require_auth: bool = False
+    cors_origins: tuple[str, ...] = ()
+    async_mode: str = "eventlet"
+    result_cache: bool = True
+    history_retention_days: int = 0
+    live_max_sessions: int = 8
+    live_max_chunk_size: int = 1024 ** 2
+    live_max_session_seconds: int = 3600
+    live_max_chunks_per_second: int = 20
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        errors: list[str] = []
+        for var in VARIABLES:
+            raw = env.get(var.env, var.default)
+            name = var.env.lower()
+            try:
+                values[name] = _convert(name, raw)
+            except ValueError as exc:
+                errors.append(f"{var.env}: {exc}")
+        if errors:
+            raise ConfigError("Invalid configuration:\n  " + "\n  ".join(errors))
+        values.update(overrides)
+        return cls(**values).validated()
+
+    def validated(self) -> "Settings":
+        problems = []
+        if self.whisper_engine not in ENGINES:
+            problems.append(f"WHISPER_ENGINE={self.whisper_engine!r}: use one of {', '.join(ENGINES)}")
+        if self.whisper_model not in MODEL_NAMES:
+            problems.append(f"WHISPER_MODEL={self.whisper_model!r}: use one of {', '.join(MODEL_NAMES)}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            problems.append(f"DEVICE={self.device!r}: use auto, cpu or cuda")
+        if self.compute_type not in ("auto", "int8", "int8_float16", "int8_float32", "int16", "float16",
+                                     "bfloat16", "float32"):
+            problems.append(f"COMPUTE_TYPE={self.compute_type!r}: use auto, int8, int8_float16, float16 or float32")
+        if self.log_level not in LOG_LEVELS:
+            problems.append(f"LOG_LEVEL={self.log_level!r}: use one of {', '.join(LOG_LEVELS)}")
+        if self.async_mode not in ("eventlet", "threading"):
+            problems.append(f"ASYNC_MODE={self.async_mode!r}: use eventlet or threading")
+        for name in ("https_port", "http_port"):
+            port = getattr(self, name)
+            if not 0 <= port <= 65535:
+                problems.append(f"{name.upper()}={port}: not a TCP port")
+        for name in ("cpu_threads", "history_retention_days"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name.upper()} must be 0 or more")
+        for name in ("max_upload_size", "live_max_sessions", "live_max_chunk_size", "live_max_session_seconds",
+                     "live_max_chunks_per_second"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name.upper()} must be greater than 0")
+        if bool(self.ssl_cert_path) != bool(self.ssl_key_path):
+            problems.append("SSL_CERT_PATH and SSL_KEY_PATH must be set together")
+        if problems:
+            raise ConfigError("Invalid configuration:\n  " + "\n  ".join(problems))
+        return self
+
+    def replace(self, **changes: Any) -> "Settings":
+        return replace(self, **changes).validated()
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings safe to show in the admin panel (no secrets)."""
+        hidden = {"admin_password", "api_keys"}
+        return {f.name: (str(v) if isinstance(v := getattr(self, f.name), Path) else v)
+                for f in fields(self) if f.name not in hidden}
+
+
+_INTS = {"cpu_threads", "https_port", "http_port", "history_retention_days", "live_max_sessions",
+         "live_max_session_seconds", "live_max_chunks_per_second"}
+_BOOLS = {"model_downloads", "http_redirect", "require_auth", "result_cache"}
+_SIZES = {"max_upload_size", "live_max_chunk_size"}
+_DIRS = {"models_dir", "data_dir", "ssl_dir"}
+_OPTIONAL_PATHS = {"ssl_cert_path", "ssl_key_path"}
+_LISTS = {"api_keys", "cors_origins"}
+
+
+def _convert(name: str, raw: str) -> Any:
+    raw = raw.strip()
+    if name in _INTS:
+        try:
+            return int(raw)
+        except ValueError:
+            raise ValueError(f"{raw!r} is not a whole number") from None
+    if name in _BOOLS:
+        return parse_bool(raw)
+    if name in _SIZES:
+        return parse_size(raw)
+    if name in _DIRS:
+        p = Path(raw).expanduser()
+        return p if p.is_absolute() else PROJECT_ROOT / p
+    if name in _OPTIONAL_PATHS:
+        return Path(raw).expanduser() if raw else None
+    if name in _LISTS:
+        return _csv(raw)
+    if name == "log_level":
+        return raw.upper()
+    return raw

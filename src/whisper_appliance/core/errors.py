@@ -1,0 +1,102 @@
+"""The one error type of the appliance.
+
+Every failure a caller should see is an ``ApplianceError`` (or a subclass) carrying a machine-readable
+``code``, a human ``message`` and the HTTP ``status`` it maps to. The web layer turns it into exactly one JSON
+shape, ``{"error": {"code": ..., "message": ...}}``; the CLI prints the message. Nothing here imports Flask.
+"""
+
+from __future__ import annotations
+
+
+class ApplianceError(Exception):
+    """Base error: ``code`` (snake_case), ``message`` (for people), ``status`` (HTTP)."""
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        self.headers: dict[str, str] = dict(headers or {})
+
+    def to_dict(self) -> dict:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+class InvalidInput(ApplianceError):
+    """A request option or argument is missing or has a value we do not accept (HTTP 400)."""
+
+    status = 400
+    code = "invalid_request"
+
+
+class EmptyAudio(InvalidInput):
+    """No audio bytes at all, or audio with no samples (HTTP 400)."""
+
+    code = "empty_audio"
+
+
+class AudioDecodeError(ApplianceError):
+    """The input is not audio, or it is truncated/corrupt so that it cannot be decoded (HTTP 415)."""
+
+    status = 415
+    code = "unsupported_media"
+
+
+class PayloadTooLarge(ApplianceError):
+    status = 413
+    code = "payload_too_large"
+
+
+class NotFound(ApplianceError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(ApplianceError):
+    status = 409
+    code = "conflict"
+
+
+class Unauthorized(ApplianceError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(ApplianceError):
+    status = 403
+    code = "forbidden"
+
+
+class RateLimited(ApplianceError):
+    status = 429
+    code = "rate_limited"
+
+
+class ModelUnavailable(ApplianceError):
+    """No model can serve right now (loading failed, not present offline, still loading...). HTTP 503."""
+
+    status = 503
+    code = "model_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int = 10, code: str | None = None) -> None:
+        super().__init__(message, code=code, headers={"Retry-After": str(retry_after)})
+
+
+class Cancelled(ApplianceError):
+    """Work was cancelled by its owner (a job deleted, a download cancelled)."""
+
+    status = 409
+    code = "cancelled"
+
+
+class ConfigError(ApplianceError):
+    """A setting read from the environment is invalid. Raised at start-up."""
+
+    status = 500
+    code = "config_error"

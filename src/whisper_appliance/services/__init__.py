@@ -1,0 +1,1 @@
+"""Services: model manager, inference scheduler, history store, jobs, live sessions, auth. No Flask here."""
