@@ -1,16 +1,20 @@
 """Real OS threads and blocking waits, whichever async mode the server runs in.
 
-This is the only module that knows about eventlet. Under ``eventlet.monkey_patch()`` the ``threading`` module
-hands out green threads and green locks, which would run CPU-heavy inference on the event loop and freeze every
-socket. So:
+This is the only module that knows about eventlet. The server's sockets are eventlet green sockets (its WSGI
+server and Socket.IO transport), but we deliberately do NOT monkey-patch the standard library: inference, ffmpeg
+and downloads run on real OS threads, and a green thread that must wait for them hands the wait to
+``eventlet.tpool`` so the event loop keeps serving. (Under monkey-patching ``threading`` would hand out green
+threads and a CPU-heavy call would freeze every socket; keeping the standard library unpatched makes that
+impossible by construction.) So:
 
-* ``start_os_thread`` always starts a real OS thread (eventlet's saved original ``threading``),
-* ``real_threading`` gives the unpatched module for locks/conditions shared with those threads,
-* ``wait_blocking(fn)`` runs a call that blocks on such a primitive without stalling the event loop
-  (``eventlet.tpool`` when the loop is eventlet, a plain call otherwise),
-* ``enable_eventlet()`` is called once by the server entry point before anything else is imported.
+* ``start_os_thread`` starts a real OS thread,
+* ``real_threading`` is the unpatched module for locks/conditions shared with those threads,
+* ``wait_blocking(fn)`` runs a call that blocks (on a lock, a subprocess, the disk) without stalling the event
+  loop: ``eventlet.tpool`` when the server runs on eventlet, a plain call otherwise,
+* ``use_eventlet()`` is called once by the server entry point when ``ASYNC_MODE=eventlet``,
+* ``start_wsgi_listener`` runs a small extra WSGI app (the HTTP->HTTPS redirect) in the right way for the mode.
 
-With ``ASYNC_MODE=threading`` nothing is patched and all of this is plain ``threading``.
+With ``ASYNC_MODE=threading`` all of this is plain ``threading``.
 """
 
 from __future__ import annotations
@@ -26,17 +30,15 @@ T = TypeVar("T")
 _eventlet_active = False
 
 
-def enable_eventlet() -> None:
-    """Monkey-patch the standard library for eventlet. Must run before Flask/socket modules are imported."""
+def use_eventlet() -> None:
+    """Select eventlet for the server's event loop (no monkey-patching; see the module docstring)."""
     global _eventlet_active
     import warnings
 
     with warnings.catch_warnings():
         # eventlet announces its bug-fix-only status at import; docs/ARCHITECTURE.md explains why we keep it.
         warnings.simplefilter("ignore", DeprecationWarning)
-        import eventlet
-
-    eventlet.monkey_patch()
+        importlib.import_module("eventlet")
     _eventlet_active = True
 
 
@@ -74,3 +76,30 @@ def cooperative_sleep(seconds: float) -> None:
         import time
 
         time.sleep(seconds)
+
+
+def start_wsgi_listener(app: Callable[..., Any], host: str, port: int, *, name: str) -> Any:
+    """Serve ``app`` on plain HTTP in the background; returns an object with ``close()``."""
+    if _eventlet_active:
+        eventlet = importlib.import_module("eventlet")
+        wsgi = importlib.import_module("eventlet.wsgi")
+        sock = eventlet.listen((host, port))
+        green = eventlet.spawn(wsgi.server, sock, app, log_output=False)
+
+        class _Listener:
+            def close(self) -> None:
+                green.kill()
+                sock.close()
+
+        return _Listener()
+    from werkzeug.serving import make_server
+
+    server = make_server(host, port, app, threaded=True)
+    start_os_thread(server.serve_forever, name=name)
+
+    class _Closer:
+        def close(self) -> None:
+            server.shutdown()
+            server.server_close()
+
+    return _Closer()

@@ -1,0 +1,107 @@
+"""The application factory: ``create_app(settings)`` builds the Flask app and its SocketIO object.
+
+It wires the services (``Appliance``), installs the JSON error handling and security headers, registers every
+plugin module (each one a Blueprint and/or Socket.IO handlers with an ``init_app(app, socketio)``), checks
+Socket.IO connections (origin and ``REQUIRE_AUTH``), and runs the one background task that delivers
+service events (model status, job progress) to Socket.IO clients.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import Flask, request, session
+from flask_cors import CORS
+from flask_socketio import SocketIO
+from socketio.exceptions import ConnectionRefusedError as SocketRefused
+
+from . import http
+from .core.config import Settings
+from .services.appliance import Appliance
+
+log = logging.getLogger(__name__)
+
+PLUGINS = ("health", "upload", "openai_api", "history", "jobs", "admin", "live_speech", "api_docs", "pages")
+EVENT_PUMP_INTERVAL = 0.2  # seconds: events reach clients "at most a few times a second"
+
+
+def origin_allowed(origin: str | None, host: str | None, extra: tuple[str, ...]) -> bool:
+    """Same-origin (the Host the client connected to) plus CORS_ORIGINS; no Origin header is a non-browser."""
+    if not origin:
+        return True
+    if origin in extra or "*" in extra:
+        return True
+    parts = urlsplit(origin)
+    return bool(host) and parts.scheme in ("https", "http") and parts.netloc == host
+
+
+def create_app(settings: Settings | None = None, *, appliance: Appliance | None = None,
+               start_services: bool = True, load_model: bool = True) -> Flask:
+    settings = settings or Settings.from_env()
+    appliance = appliance or Appliance.build(settings)
+
+    app = Flask(__name__, static_folder="static", template_folder="templates")
+    app.config.update(
+        SECRET_KEY=appliance.auth.secret_key,
+        # Multipart overhead on top of the audio itself; the spooler enforces the exact audio limit.
+        MAX_CONTENT_LENGTH=settings.max_upload_size + 64 * 1024,
+        SESSION_COOKIE_SECURE=True,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Strict",
+        SESSION_COOKIE_NAME="wa_session",
+        JSON_SORT_KEYS=False,
+    )
+    app.extensions["appliance"] = appliance
+    http.install(app)
+    http.limiter.init_app(app)
+    if settings.cors_origins:
+        CORS(app, origins=list(settings.cors_origins), supports_credentials=False,
+             allow_headers=["Authorization", "Content-Type", "X-CSRF-Token"])
+
+    socketio = SocketIO(
+        app,
+        async_mode=settings.async_mode,
+        cors_allowed_origins=lambda origin, environ: origin_allowed(origin, environ.get("HTTP_HOST"),
+                                                                    settings.cors_origins),
+        # A live chunk may be up to LIVE_MAX_CHUNK_SIZE; leave room for base64 and the packet envelope.
+        max_http_buffer_size=settings.live_max_chunk_size * 2 + 4096,
+        ping_interval=10,
+        ping_timeout=20,
+        logger=False,
+        engineio_logger=False,
+    )
+    app.extensions["appliance_socketio"] = socketio
+
+    @socketio.on("connect")
+    def _connect(auth: Any = None) -> None:
+        token = auth.get("token") if isinstance(auth, dict) else None
+        token = token or appliance.auth.parse_bearer(request.headers.get("Authorization"))
+        if token:
+            if appliance.auth.verify_token(token) is None:
+                raise SocketRefused({"code": "invalid_token", "message": "the token is not valid"})
+        elif settings.require_auth and not session.get("admin"):
+            raise SocketRefused({"code": "auth_required", "message": "this server requires an API token"})
+
+    for name in PLUGINS:
+        importlib.import_module(f".plugins.{name}", __package__).init_app(app, socketio)
+
+    def pump() -> None:
+        while True:
+            socketio.sleep(EVENT_PUMP_INTERVAL)
+            for event in appliance.events.drain():
+                try:
+                    socketio.emit(event.name, event.data, to=event.room)
+                except Exception:
+                    log.exception("could not deliver %s event", event.name)
+
+    if start_services:
+        appliance.start(load_model=load_model)
+        socketio.start_background_task(pump)
+    return app
+
+
+def socketio_of(app: Flask) -> SocketIO:
+    return app.extensions["appliance_socketio"]
