@@ -1,0 +1,175 @@
+"""InferenceScheduler: priority order, stepping between segments, least-remaining-audio first, cancel."""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+
+import pytest
+
+from whisper_appliance.core.errors import Cancelled, ModelUnavailable
+from whisper_appliance.services.scheduler import InferenceScheduler, Priority
+
+
+class FakeModels:
+    def __init__(self) -> None:
+        self.generation = 1
+        self.engine = object()
+        self.fail: Exception | None = None
+
+    @contextmanager
+    def use(self, timeout=None):
+        if self.fail:
+            raise self.fail
+        yield self.engine
+
+
+@pytest.fixture
+def sched():
+    s = InferenceScheduler(FakeModels())
+    s.start()
+    yield s
+    s.stop()
+
+
+def blocker(s: InferenceScheduler):
+    """Occupy the worker until released, so the queue fills up in a known state."""
+    gate = threading.Event()
+    ticket = s.submit(lambda engine: gate.wait(5), Priority.LIVE, label="blocker")
+    deadline = time.monotonic() + 5
+    while s.position(ticket) != 0 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return gate, ticket
+
+
+def test_runs_work_with_engine(sched):
+    assert sched.submit(lambda engine: engine is sched._models.engine).result(5) is True
+
+
+def test_priority_order_live_before_interactive_before_job(sched):
+    order: list[str] = []
+    gate, _ = blocker(sched)
+    tickets = [sched.submit(lambda e, n=n: order.append(n), p, label=n)
+               for n, p in (("job", Priority.JOB), ("upload", Priority.INTERACTIVE), ("live", Priority.LIVE))]
+    gate.set()
+    for t in tickets:
+        t.result(5)
+    assert order == ["live", "upload", "job"]
+
+
+def test_jobs_with_least_remaining_audio_go_first(sched):
+    order: list[str] = []
+    gate, _ = blocker(sched)
+
+    def steps(name):
+        def factory(engine):
+            order.append(name)
+            yield
+            return name
+        return factory
+
+    long = sched.submit_steps(steps("long"), remaining=lambda: 7200.0, label="long")
+    short = sched.submit_steps(steps("short"), remaining=lambda: 10.0, label="short")
+    assert sched.position(short) < sched.position(long)
+    gate.set()
+    assert long.result(5) == "long" and short.result(5) == "short"
+    assert order == ["short", "long"]
+
+
+def test_live_work_cuts_in_between_steps_of_a_job(sched):
+    events: list[str] = []
+    live_submitted = threading.Event()
+
+    def job(engine):
+        for i in range(4):
+            events.append(f"seg{i}")
+            if i == 1:
+                sched.submit(lambda e: events.append("live"), Priority.LIVE, label="live")
+                live_submitted.set()
+            yield
+        return "done"
+
+    assert sched.submit_steps(job, label="job").result(5) == "done"
+    assert live_submitted.is_set()
+    assert events.index("live") == events.index("seg1") + 1
+
+
+def test_cancel_stops_a_stepped_job_at_its_next_step(sched):
+    steps_run: list[int] = []
+    started = threading.Event()
+    release = threading.Event()
+
+    def job(engine):
+        for i in range(100):
+            steps_run.append(i)
+            started.set()
+            release.wait(5)
+            yield
+        return "finished"
+
+    ticket = sched.submit_steps(job, label="job")
+    started.wait(5)
+    ticket.cancel()
+    release.set()
+    with pytest.raises(Cancelled):
+        ticket.result(5)
+    assert len(steps_run) < 100
+
+
+def test_errors_reach_the_waiter_and_the_worker_survives(sched):
+    def boom(engine):
+        raise ValueError("bad")
+
+    with pytest.raises(ValueError):
+        sched.submit(boom).result(5)
+    assert sched.submit(lambda e: 42).result(5) == 42
+
+
+def test_model_unavailable_is_reported(sched):
+    sched._models.fail = ModelUnavailable("no model")
+    with pytest.raises(ModelUnavailable):
+        sched.submit(lambda e: 1).result(5)
+    sched._models.fail = None
+    assert sched.submit(lambda e: 2).result(5) == 2
+
+
+def test_stepped_work_restarts_after_a_model_switch(sched):
+    runs: list[int] = []
+    first_step = threading.Event()
+    go_on = threading.Event()
+
+    def job(engine):
+        runs.append(sched._models.generation)
+        first_step.set()
+        go_on.wait(5)
+        yield
+        yield
+        return len(runs)
+
+    ticket = sched.submit_steps(job, label="job")
+    first_step.wait(5)
+    sched._models.generation = 2
+    go_on.set()
+    assert ticket.result(5) == 2
+    assert runs == [1, 2]
+
+
+def test_depth_counts_by_priority(sched):
+    gate, _ = blocker(sched)
+    sched.submit(lambda e: None, Priority.JOB)
+    sched.submit(lambda e: None, Priority.INTERACTIVE)
+    depth = sched.depth()
+    assert (depth.live, depth.interactive, depth.job) == (0, 1, 1)
+    assert depth.running == "blocker"
+    gate.set()
+
+
+def test_stop_cancels_pending_work():
+    s = InferenceScheduler(FakeModels())
+    s.start()
+    gate, _ = blocker(s)
+    pending = s.submit(lambda e: None, Priority.JOB)
+    gate.set()
+    s.stop()
+    assert pending.done()
