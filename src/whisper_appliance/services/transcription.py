@@ -9,14 +9,12 @@ stepped segment by segment so live dictation and shorter jobs can cut in.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, Callable, Generator, Iterator
 
@@ -28,21 +26,14 @@ from ..core.engines.base import Engine, ProgressCallback
 from ..core.errors import Conflict, EmptyAudio, ModelUnavailable, PayloadTooLarge
 from ..core.options import check_language_for_model
 from ..core.records import LanguageDetection, Segment, TranscribeOptions, Transcript
+from .database import utc_now
+from .history import make_options_key
 from .scheduler import InferenceScheduler, Priority
 
 log = logging.getLogger(__name__)
 
 OPENAI_MODEL_ALIAS = "whisper-1"
 _CHUNK = 1024 * 1024
-
-
-def utc_now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def options_key(options: TranscribeOptions) -> str:
-    """Canonical key of the options that change a result (for the result cache)."""
-    return hashlib.sha256(json.dumps(options.cache_key(), sort_keys=True).encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -169,7 +160,7 @@ class TranscriptionService:
         if not (self.settings.result_cache and self.history is not None and sha256):
             return None
         status = self.models.status()
-        entry = self.history.find_cached(sha256, status.name, status.engine, options_key(options))
+        entry = self.history.find_cached(sha256, status.name, status.engine, make_options_key(options))
         if entry is None:
             return None
         return TranscriptionResult(transcript=entry.transcript(), model=entry.model, engine=entry.engine,
@@ -199,7 +190,7 @@ class TranscriptionService:
                metadata: dict[str, Any] | None = None) -> TranscriptionResult:
         """Write the history entry and metrics for a finished transcription."""
         status = self.models.status()
-        timestamp = utc_now_iso()
+        timestamp = utc_now()
         history_id = None
         if self.history is not None:
             entry = self.history.add(
@@ -207,7 +198,7 @@ class TranscriptionService:
                 model=status.name, engine=status.engine, duration=transcript.duration,
                 processing_seconds=processing_seconds, segments=[s.to_dict() for s in transcript.segments],
                 audio_sha256=audio_sha256, metadata=metadata or {},
-                options_key=options_key(options) if options is not None else None, created_at=timestamp)
+                options_key=make_options_key(options) if options is not None else None, created_at=timestamp)
             history_id = entry.id
         if self.metrics is not None:
             self.metrics.observe_transcription(source, transcript.duration, processing_seconds)

@@ -1,0 +1,474 @@
+"""The appliance's SQLite database: one file in DATA_DIR, its connection, the schema and its migrations.
+
+Owns:
+
+* the one read-write connection and the one lock that serialises every use of it (``write()`` / ``read()``),
+  plus short-lived read-only connections for long streamed reads (``reader()``);
+* the schema, as an ordered list of migration steps tracked by ``PRAGMA user_version``;
+* integrity checks, consistent online backups and restoring a backup file in place;
+* the timestamp format stored in every table (UTC ISO-8601, milliseconds, ``Z``), which sorts as text.
+
+``HistoryStore`` (history.py) and ``JobStore`` (job_store.py) are built on this class and never open
+connections of their own.
+
+Durability: WAL with ``synchronous=NORMAL``. A commit has been written to the WAL file (the OS page cache) before
+the call returns, so a crash of the process (kill -9, out-of-memory) loses nothing that was committed and never
+corrupts the file; only an OS crash or power cut can lose the last few commits. ``FULL`` would add an fsync to
+every commit, including the job-progress ticks written several times a second; pass ``synchronous="FULL"`` to
+trade that for power-cut durability.
+
+Threads: the lock comes from ``concurrency.real_threading()`` because OS worker threads write too. Code holding
+it must never yield to the eventlet hub (no network or green I/O inside ``write()``): green threads share one OS
+thread, so the re-entrant lock would not keep them apart.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from pathlib import Path
+
+from ..core.concurrency import real_threading
+from ..core.errors import ApplianceError, InvalidInput
+
+log = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_MS = 5000
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+# --- timestamps -------------------------------------------------------------------------------------------------
+
+def format_timestamp(moment: datetime) -> str:
+    """UTC ISO-8601 with milliseconds and 'Z' (2026-11-21T10:00:00.123Z); naive datetimes are taken as UTC."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def utc_now() -> str:
+    return format_timestamp(datetime.now(UTC))
+
+
+def parse_timestamp(text: str) -> datetime:
+    """Parse an ISO-8601 date or datetime into an aware UTC datetime (naive means UTC). ValueError if invalid."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"{text!r} is not an ISO-8601 date or datetime")
+    moment = datetime.fromisoformat(text.strip())
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def normalize_timestamp(text: str) -> str:
+    """Any accepted ISO-8601 form -> the stored form (sub-millisecond digits are dropped)."""
+    return format_timestamp(parse_timestamp(text))
+
+
+def days_ago(days: float) -> str:
+    return format_timestamp(datetime.now(UTC) - timedelta(days=days))
+
+
+# --- schema -----------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema step; step N (1-based) brings ``user_version`` from N-1 to N in one transaction."""
+
+    description: str
+    sql: str
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration("history table", """
+        -- AUTOINCREMENT: ids appear in URLs, so a deleted entry's id is never handed to a new one.
+        CREATE TABLE history (
+            id                 INTEGER PRIMARY KEY AUTOINCREMENT,
+            created_at         TEXT NOT NULL,
+            source             TEXT NOT NULL,
+            filename           TEXT,
+            text               TEXT NOT NULL,
+            language           TEXT,
+            model              TEXT,
+            engine             TEXT,
+            duration           REAL,
+            processing_seconds REAL,
+            segments           TEXT NOT NULL DEFAULT '[]',
+            audio_sha256       TEXT,
+            metadata           TEXT NOT NULL DEFAULT '{}'
+        );
+        CREATE INDEX history_created_at ON history(created_at);
+        CREATE INDEX history_source ON history(source);
+        CREATE INDEX history_language ON history(language);
+        CREATE INDEX history_audio_sha256 ON history(audio_sha256);
+    """),
+    Migration("full-text search over history (FTS5, external content, kept in sync by triggers)", """
+        CREATE VIRTUAL TABLE history_fts USING fts5(
+            text, filename, content='history', content_rowid='id',
+            tokenize='unicode61 remove_diacritics 2'
+        );
+        CREATE TRIGGER history_fts_insert AFTER INSERT ON history BEGIN
+            INSERT INTO history_fts(rowid, text, filename) VALUES (new.id, new.text, new.filename);
+        END;
+        CREATE TRIGGER history_fts_delete AFTER DELETE ON history BEGIN
+            INSERT INTO history_fts(history_fts, rowid, text, filename)
+            VALUES ('delete', old.id, old.text, old.filename);
+        END;
+        CREATE TRIGGER history_fts_update AFTER UPDATE OF text, filename ON history BEGIN
+            INSERT INTO history_fts(history_fts, rowid, text, filename)
+            VALUES ('delete', old.id, old.text, old.filename);
+            INSERT INTO history_fts(rowid, text, filename) VALUES (new.id, new.text, new.filename);
+        END;
+        -- Index the rows written before this step.
+        INSERT INTO history_fts(history_fts) VALUES ('rebuild');
+    """),
+    Migration("result cache key on history", """
+        ALTER TABLE history ADD COLUMN options_key TEXT;
+        CREATE INDEX history_cache ON history(audio_sha256, model, engine, options_key);
+        -- The cache index starts with audio_sha256, so the single-column index is redundant.
+        DROP INDEX history_audio_sha256;
+    """),
+    Migration("persistent transcription jobs", """
+        -- A completed job points at its history entry; deleting the entry deletes the job (its result is gone).
+        CREATE TABLE jobs (
+            id          TEXT PRIMARY KEY,
+            created_at  TEXT NOT NULL,
+            updated_at  TEXT NOT NULL,
+            status      TEXT NOT NULL,
+            filename    TEXT,
+            upload_path TEXT,
+            options     TEXT NOT NULL DEFAULT '{}',
+            duration    REAL,
+            progress    REAL NOT NULL DEFAULT 0,
+            eta_seconds REAL,
+            error       TEXT,
+            history_id  INTEGER REFERENCES history(id) ON DELETE CASCADE,
+            attempts    INTEGER NOT NULL DEFAULT 0,
+            started_at  TEXT,
+            finished_at TEXT
+        );
+        CREATE INDEX jobs_status ON jobs(status, created_at);
+        CREATE INDEX jobs_created_at ON jobs(created_at);
+        -- Without it every history delete would scan jobs to apply the cascade.
+        CREATE INDEX jobs_history_id ON jobs(history_id);
+    """),
+)
+
+LATEST_VERSION = len(MIGRATIONS)
+
+
+def split_statements(script: str) -> Iterator[str]:
+    """Split an SQL script into complete statements (trigger bodies and quoted ';' stay whole)."""
+    buffer = ""
+    for piece in script.split(";"):
+        buffer += piece + ";"
+        if sqlite3.complete_statement(buffer):
+            if _has_sql(buffer):
+                yield buffer.strip()
+            buffer = ""
+    if _has_sql(buffer):
+        raise ValueError(f"incomplete SQL statement: {buffer.strip()[:80]!r}")
+
+
+def _has_sql(text: str) -> bool:
+    lines = (line.split("--", 1)[0] for line in text.splitlines())
+    return bool("".join(lines).strip(" \t\n;"))
+
+
+def apply_migration(conn: sqlite3.Connection, version: int) -> None:
+    """Run step ``version`` (1-based) and record it; the caller owns the transaction."""
+    for statement in split_statements(MIGRATIONS[version - 1].sql):
+        conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {int(version)}")
+
+
+@cache
+def expected_tables(version: int) -> frozenset[str]:
+    """The tables a database at ``version`` has, found by building one in memory (no second list to maintain)."""
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        for step in range(1, version + 1):
+            apply_migration(conn, step)
+        return _table_names(conn)
+    finally:
+        conn.close()
+
+
+def _table_names(conn: sqlite3.Connection) -> frozenset[str]:
+    rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    return frozenset(r[0] for r in rows)
+
+
+def _read_only_uri(path: Path) -> str:
+    return path.absolute().as_uri() + "?mode=ro"
+
+
+# --- the database -----------------------------------------------------------------------------------------------
+
+class Database:
+    """The SQLite file, its one read-write connection and the lock around it."""
+
+    def __init__(self, path: Path | str, *, migrate: bool = True, synchronous: str = "NORMAL") -> None:
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ValueError("synchronous must be NORMAL or FULL")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._synchronous = synchronous
+        self._lock = real_threading().RLock()
+        self._conn: sqlite3.Connection | None = None
+        self._open()
+        if migrate:
+            self.migrate()
+
+    # connections
+
+    def _open(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                               timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            conn.row_factory = sqlite3.Row
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise ApplianceError(f"{self.path}: SQLite refused WAL mode (got {mode!r})")
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise ApplianceError(f"database {self.path} is closed")
+        return self._conn
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """The connection inside one IMMEDIATE transaction, committed on success, rolled back on error.
+
+        Nested use joins the outer transaction.
+        """
+        with self._lock:
+            conn = self._connection()
+            if conn.in_transaction:
+                yield conn
+                return
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """The shared connection for short reads (under the lock, so it sees a stable state)."""
+        with self._lock:
+            yield self._connection()
+
+    @contextmanager
+    def reader(self) -> Iterator[sqlite3.Connection]:
+        """A separate read-only connection for long reads (exports, backups) that must not block writers.
+
+        With WAL each statement on it reads one consistent snapshot while the main connection keeps committing.
+        """
+        conn = sqlite3.connect(_read_only_uri(self.path), uri=True, check_same_thread=False,
+                               timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            yield conn
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    # SQLite's advice: gather planner statistics the last queries showed a need for.
+                    self._conn.execute("PRAGMA optimize")
+                finally:
+                    self._conn.close()
+                    self._conn = None
+
+    # schema
+
+    @property
+    def version(self) -> int:
+        with self.read() as conn:
+            return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def migrate(self, target: int | None = None) -> int:
+        """Apply the missing steps up to ``target`` (default: latest), one transaction each. Returns the version."""
+        target = LATEST_VERSION if target is None else target
+        if not 0 <= target <= LATEST_VERSION:
+            raise ValueError(f"no schema version {target} (latest is {LATEST_VERSION})")
+        with self._lock:
+            current = self.version
+            if current > LATEST_VERSION:
+                raise ApplianceError(
+                    f"{self.path} has schema version {current}, newer than this appliance knows "
+                    f"({LATEST_VERSION}); upgrade the appliance or restore an older backup",
+                    code="database_too_new")
+            for version in range(current + 1, target + 1):
+                with self.write() as conn:
+                    apply_migration(conn, version)
+                log.info("database %s migrated to version %d: %s", self.path, version,
+                         MIGRATIONS[version - 1].description)
+            return max(current, target)
+
+    # health, backup, restore
+
+    def integrity_check(self) -> str:
+        """'ok', or what SQLite (or the full-text index check) reports as wrong."""
+        with self.write() as conn:
+            rows = conn.execute("PRAGMA integrity_check").fetchall()
+            result = "\n".join(str(r[0]) for r in rows)
+            if result != "ok":
+                return result
+            return _fts_check(conn)
+
+    def backup_to(self, dest: Path | str) -> Path:
+        """Write a consistent copy of the database to ``dest`` while other threads keep writing.
+
+        The copy is one self-contained file (rollback journal, not WAL), written beside ``dest`` and renamed
+        into place, so ``dest`` is never a half-written database.
+        """
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".part")
+        tmp.unlink(missing_ok=True)
+        with self.reader() as source:
+            target = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                # pages=-1 (the default) copies everything in one step inside one read transaction: a snapshot.
+                source.backup(target)
+                target.execute("PRAGMA journal_mode = DELETE")
+            except BaseException:
+                target.close()
+                tmp.unlink(missing_ok=True)
+                raise
+            target.close()
+        os.replace(tmp, dest)
+        _fsync_dir(dest.parent)
+        log.info("database backed up to %s", dest)
+        return dest
+
+    @staticmethod
+    def validate_file(path: Path | str) -> None:
+        """Check that ``path`` is a database this appliance can restore; InvalidInput says why not."""
+        path = Path(path)
+        with _open_candidate(path) as conn:
+            _check_candidate(conn, path.name)
+
+    def restore_from(self, path: Path | str) -> Path:
+        """Replace the live database with the backup at ``path``; returns where the old one was saved.
+
+        The candidate is copied (SQLite backup API) beside the live file and the copy is validated, full-text
+        index included. The current database is saved to ``<name>.before-restore``; then, with the connection
+        closed, the old -wal/-shm are removed (a stale WAL would be replayed onto the new file), the copy is
+        renamed over the live file, and the result is reopened and migrated.
+        """
+        path = Path(path)
+        staged = self.path.with_name(self.path.name + ".restore")
+        staged.unlink(missing_ok=True)
+        try:
+            with _open_candidate(path) as source:
+                target = sqlite3.connect(staged, isolation_level=None)
+                try:
+                    source.backup(target)
+                    target.execute("PRAGMA journal_mode = DELETE")
+                    _check_candidate(target, path.name)
+                    fts = _fts_check(target)
+                finally:
+                    target.close()
+            if fts != "ok":
+                raise InvalidInput(f"{path.name} is damaged ({fts})")
+            with self._lock:
+                saved = self.backup_to(self.path.with_name(self.path.name + ".before-restore"))
+                self.close()
+                for suffix in ("-wal", "-shm"):
+                    self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
+                os.replace(staged, self.path)
+                _fsync_dir(self.path.parent)
+                self._open()
+                self.migrate()
+        except sqlite3.DatabaseError as exc:
+            raise InvalidInput(f"{path.name} could not be restored: {exc}") from exc
+        finally:
+            staged.unlink(missing_ok=True)
+        log.warning("database restored from %s (previous database saved as %s)", path, saved)
+        return saved
+
+
+@contextmanager
+def _open_candidate(path: Path) -> Iterator[sqlite3.Connection]:
+    """Open a file offered as a backup, read-only; anything that is not a readable database is InvalidInput."""
+    if not path.is_file():
+        raise InvalidInput(f"{path.name}: no such file")
+    with open(path, "rb") as fh:
+        if fh.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC:
+            raise InvalidInput(f"{path.name} is not an SQLite database")
+    # A read-only open of a WAL-mode file creates -wal/-shm beside it; remove the ones we created.
+    sidecars = [path.with_name(path.name + s) for s in ("-wal", "-shm")]
+    existed = {p for p in sidecars if p.exists()}
+    try:
+        conn = sqlite3.connect(_read_only_uri(path), uri=True)
+        try:
+            yield conn
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise InvalidInput(f"{path.name} is not a readable SQLite database: {exc}") from exc
+    finally:
+        for p in sidecars:
+            if p not in existed:
+                p.unlink(missing_ok=True)
+
+
+def _check_candidate(conn: sqlite3.Connection, name: str) -> None:
+    """Integrity ok, a schema version this appliance knows, and the tables that version has."""
+    check = "\n".join(str(r[0]) for r in conn.execute("PRAGMA integrity_check").fetchall())
+    if check != "ok":
+        raise InvalidInput(f"{name} is damaged (integrity check: {check[:200]})")
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version > LATEST_VERSION:
+        raise InvalidInput(f"{name} has schema version {version}, newer than this appliance ({LATEST_VERSION})")
+    if version < 1:
+        raise InvalidInput(f"{name} is not a Whisper Appliance database (no schema version)")
+    missing = expected_tables(version) - _table_names(conn)
+    if missing:
+        raise InvalidInput(f"{name} is not a Whisper Appliance database "
+                           f"(missing tables: {', '.join(sorted(missing))})")
+
+
+def _fts_check(conn: sqlite3.Connection) -> str:
+    """FTS5's own check that the index matches the history table ('ok' when there is no index yet)."""
+    if "history_fts" not in _table_names(conn):
+        return "ok"
+    try:
+        conn.execute("INSERT INTO history_fts(history_fts, rank) VALUES ('integrity-check', 1)")
+    except sqlite3.DatabaseError as exc:
+        return f"full-text index: {exc}"
+    return "ok"
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

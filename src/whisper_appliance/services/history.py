@@ -1,0 +1,606 @@
+"""Transcription history: the entries the server stores, their full-text search, export/import and the result cache.
+
+Owns the ``history`` table (schema in database.py) and everything read from or written to it:
+
+* ``HistoryStore.add/get/update_text/delete/delete_many`` for single entries;
+* ``search`` over an FTS5 index (kept in sync by triggers) with filters, pagination and highlighted snippets;
+* ``stats`` for the admin panel, ``purge_older_than`` for retention;
+* streamed export (JSON array or CSV, no row cap) and validated import that keeps the original timestamps;
+* ``find_cached``: the stored result for the same audio, model, engine and decoding options.
+
+Snippet markers: matched terms are wrapped in ``SNIPPET_START`` (U+0002) and ``SNIPPET_END`` (U+0003), control
+characters that never occur in transcripts (they are stripped from stored text) and are not HTML; the web page
+splits on them and renders the pieces as text.
+
+Import identity: an entry is a duplicate of a stored one when ``created_at`` (normalised to milliseconds),
+``text``, ``source`` and ``audio_sha256`` (null equals null) are all equal. Imported ids are not kept: each
+imported entry gets a new id.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import math
+import re
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from ..core.errors import InvalidInput, NotFound
+from ..core.records import Segment, TranscribeOptions, Transcript
+from .database import Database, days_ago, format_timestamp, normalize_timestamp, parse_timestamp, utc_now
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("upload", "job", "live", "api")
+SNIPPET_START = "\u0002"
+SNIPPET_END = "\u0003"
+SNIPPET_ELLIPSIS = "…"
+SNIPPET_TOKENS = 24
+MAX_PAGE = 500
+EXPORT_BATCH = 500
+IMPORT_BATCH = 500
+CHUNK_CHARS = 64 * 1024
+_MARKERS = str.maketrans("", "", SNIPPET_START + SNIPPET_END)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    id: int
+    created_at: str
+    source: str
+    filename: str | None
+    text: str
+    language: str | None
+    model: str | None
+    engine: str | None
+    duration: float | None
+    processing_seconds: float | None
+    segments: tuple[dict[str, Any], ...] = ()
+    audio_sha256: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    options_key: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["segments"] = [dict(s) for s in self.segments]
+        out["metadata"] = dict(self.metadata)
+        return out
+
+    def transcript(self) -> Transcript:
+        """The entry as a core Transcript, for the subtitle and text writers."""
+        return Transcript(text=self.text, language=self.language or "",
+                          language_probability=float(self.metadata.get("language_probability") or 0.0),
+                          duration=float(self.duration or 0.0),
+                          segments=tuple(Segment.from_dict(s) for s in self.segments))
+
+
+ENTRY_FIELDS = tuple(f.name for f in fields(HistoryEntry))
+_COLUMNS = ", ".join(f"h.{name}" for name in ENTRY_FIELDS)
+
+
+@dataclass(frozen=True)
+class NewEntry:
+    """What a caller supplies to store an entry. ``created_at`` None means now; import passes the original."""
+
+    text: str
+    source: str
+    filename: str | None = None
+    language: str | None = None
+    model: str | None = None
+    engine: str | None = None
+    duration: float | None = None
+    processing_seconds: float | None = None
+    segments: Sequence[Segment | Mapping[str, Any]] = ()
+    audio_sha256: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    options_key: str | None = None
+    created_at: str | datetime | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> NewEntry:
+        """An imported item: requires ``text`` and ``created_at``; ``source`` defaults to 'upload'; ``id`` ignored."""
+        if not isinstance(data, Mapping):
+            raise InvalidInput("not an object")
+        for name in ("text", "created_at"):
+            if data.get(name) is None:
+                raise InvalidInput(f"missing required field {name!r}")
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known and v is not None}
+        values.setdefault("source", "upload")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    entry: HistoryEntry
+    snippet: str | None  # the text around the matches, terms wrapped in SNIPPET_START/SNIPPET_END
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.entry.to_dict(), "snippet": self.snippet}
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    items: tuple[SearchHit, ...]
+    total: int
+    limit: int
+    offset: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"items": [h.to_dict() for h in self.items], "total": self.total, "limit": self.limit,
+                "offset": self.offset}
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    imported: int
+    skipped_duplicates: int
+    errors: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "errors": list(self.errors)}
+
+
+# --- pure helpers -----------------------------------------------------------------------------------------------
+
+_CHUNK = re.compile(r'"([^"]*)"(\*?)|(\S+)')
+_WORD = re.compile(r"\w+")
+
+
+def fts_query(text: str | None) -> str | None:
+    """Turn what a person typed into a safe FTS5 query; None when nothing searchable is left.
+
+    Every whitespace-separated word (or "quoted phrase") becomes one quoted FTS5 phrase of its word characters,
+    so operators (AND, NEAR(, -, ^, :) and stray quotes are searched as plain words or dropped, never parsed.
+    Punctuation inside a word joins its parts into a phrase ("mobile-app" matches "mobile app"). A trailing
+    ``*`` makes the last word a prefix. All phrases must match (implicit AND).
+    """
+    if not text:
+        return None
+    terms = []
+    for m in _CHUNK.finditer(text):
+        if m.group(3) is not None:
+            chunk, prefix = m.group(3), m.group(3).endswith("*")
+        else:
+            chunk, prefix = m.group(1), bool(m.group(2))
+        words = _WORD.findall(chunk)
+        if words:
+            terms.append('"' + " ".join(words) + '"' + ("*" if prefix else ""))
+    return " ".join(terms) or None
+
+
+def make_options_key(options: TranscribeOptions | Mapping[str, Any]) -> str:
+    """A stable key for decoding options (sha256 of canonical JSON), for the result cache."""
+    data = options.cache_key() if isinstance(options, TranscribeOptions) else dict(options)
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _optional_str(name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput(f"{name} must be a string")
+    return value or None
+
+
+def _optional_seconds(name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise InvalidInput(f"{name} must be a number of seconds (0 or more)")
+    return float(value)
+
+
+def _json_text(name: str, value: Any) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{name} is not JSON-serialisable: {exc}") from None
+
+
+def _row_values(new: NewEntry) -> dict[str, Any]:
+    """Validate a NewEntry and turn it into column values."""
+    if not isinstance(new.text, str):
+        raise InvalidInput("text must be a string")
+    if new.source not in SOURCES:
+        raise InvalidInput(f"source {new.source!r} is not one of {', '.join(SOURCES)}")
+    if new.created_at is None:
+        created_at = utc_now()
+    elif isinstance(new.created_at, datetime):
+        created_at = format_timestamp(new.created_at)
+    else:
+        try:
+            created_at = normalize_timestamp(new.created_at)
+        except (TypeError, ValueError):
+            raise InvalidInput(f"created_at {new.created_at!r} is not an ISO-8601 datetime") from None
+    if isinstance(new.segments, (str, bytes)) or not isinstance(new.segments, Sequence):
+        raise InvalidInput("segments must be a list")
+    segments = []
+    for seg in new.segments:
+        if isinstance(seg, Segment):
+            segments.append(seg.to_dict())
+        elif isinstance(seg, Mapping):
+            try:
+                Segment.from_dict(seg)  # the shape transcript() will need later
+            except (KeyError, TypeError, ValueError):
+                raise InvalidInput("each segment needs numeric start and end and a text") from None
+            segments.append(dict(seg))
+        else:
+            raise InvalidInput("each segment must be an object")
+    if not isinstance(new.metadata, Mapping):
+        raise InvalidInput("metadata must be an object")
+    sha = _optional_str("audio_sha256", new.audio_sha256)
+    if sha is not None:
+        sha = sha.lower()
+        if not _SHA256.fullmatch(sha):
+            raise InvalidInput("audio_sha256 must be 64 hexadecimal digits")
+    return {
+        "created_at": created_at,
+        "source": new.source,
+        "filename": _optional_str("filename", new.filename),
+        "text": new.text.translate(_MARKERS),
+        "language": _optional_str("language", new.language),
+        "model": _optional_str("model", new.model),
+        "engine": _optional_str("engine", new.engine),
+        "duration": _optional_seconds("duration", new.duration),
+        "processing_seconds": _optional_seconds("processing_seconds", new.processing_seconds),
+        "segments": _json_text("segments", segments),
+        "audio_sha256": sha,
+        "metadata": _json_text("metadata", dict(new.metadata)),
+        "options_key": _optional_str("options_key", new.options_key),
+    }
+
+
+def _entry(row: sqlite3.Row) -> HistoryEntry:
+    return HistoryEntry(
+        id=row["id"], created_at=row["created_at"], source=row["source"], filename=row["filename"],
+        text=row["text"], language=row["language"], model=row["model"], engine=row["engine"],
+        duration=row["duration"], processing_seconds=row["processing_seconds"],
+        segments=tuple(json.loads(row["segments"])), audio_sha256=row["audio_sha256"],
+        metadata=json.loads(row["metadata"]), options_key=row["options_key"])
+
+
+def _lower_bound(text: str) -> str:
+    return format_timestamp(_parse_filter("since", text))
+
+
+def _upper_bound(text: str) -> str:
+    """Exclusive bound: a date covers that whole day; a datetime is included (to the millisecond)."""
+    moment = _parse_filter("until", text)
+    step = timedelta(days=1) if _is_date(text) else timedelta(milliseconds=1)
+    return format_timestamp(moment + step)
+
+
+def _is_date(text: str) -> bool:
+    try:
+        date.fromisoformat(text.strip())
+    except ValueError:
+        return False
+    return True
+
+
+def _parse_filter(name: str, text: str) -> datetime:
+    try:
+        return parse_timestamp(text)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"{name}={text!r} is not an ISO-8601 date or datetime") from None
+
+
+def _page_bounds(limit: int, offset: int) -> tuple[int, int]:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+        raise InvalidInput(f"limit must be between 1 and {MAX_PAGE}")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise InvalidInput("offset must be 0 or more")
+    return limit, offset
+
+
+def _csv_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, dict, tuple)):
+        return json.dumps(value, ensure_ascii=False, allow_nan=False)
+    return str(value)
+
+
+_CSV_NUMBERS = {"duration", "processing_seconds"}
+_CSV_JSON = {"segments", "metadata"}
+
+
+def _from_csv_row(row: dict[str, str]) -> dict[str, Any]:
+    """CSV cells are strings: empty -> absent, numbers and JSON columns decoded (left as is when they do not
+    parse, so that row validation reports them)."""
+    item: dict[str, Any] = {}
+    for key, value in row.items():
+        if key is None or value is None or value == "" and key != "text":
+            continue
+        if key in _CSV_NUMBERS:
+            try:
+                item[key] = float(value)
+            except ValueError:
+                item[key] = value
+        elif key in _CSV_JSON:
+            try:
+                item[key] = json.loads(value)
+            except ValueError:
+                item[key] = value
+        else:
+            item[key] = value
+    return item
+
+
+def parse_import(data: bytes, fmt: str) -> list[dict[str, Any]]:
+    """Parse an export file (``json``: an array of entries or {"entries": [...]}; ``csv``: header + rows).
+
+    Only the file's structure is checked here (InvalidInput if it cannot be read at all); each item is
+    validated by ``HistoryStore.import_entries``, which reports bad rows by number (1-based, header not counted).
+    """
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise InvalidInput("the import file is not UTF-8 text") from None
+    if fmt == "json":
+        try:
+            parsed = json.loads(text)
+        except ValueError as exc:
+            raise InvalidInput(f"the import file is not valid JSON: {exc}") from None
+        if isinstance(parsed, dict) and isinstance(parsed.get("entries"), list):
+            parsed = parsed["entries"]
+        if not isinstance(parsed, list):
+            raise InvalidInput("a JSON import must be an array of entries")
+        return parsed
+    if fmt == "csv":
+        try:
+            reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+            header = reader.fieldnames or []
+            missing = [name for name in ("text", "created_at") if name not in header]
+            if missing:
+                raise InvalidInput(f"the CSV header lacks the column(s) {', '.join(missing)}")
+            return [_from_csv_row(row) for row in reader]
+        except csv.Error as exc:
+            raise InvalidInput(f"the import file is not valid CSV: {exc}") from None
+    raise InvalidInput(f"unknown import format {fmt!r} (use json or csv)")
+
+
+# --- the store --------------------------------------------------------------------------------------------------
+
+class HistoryStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # single entries
+
+    def add(self, entry: NewEntry | None = None, /, **values: Any) -> HistoryEntry:
+        """Store one entry (a NewEntry, or its fields as keywords) and return it with its id."""
+        if entry is None:
+            entry = NewEntry(**values)
+        elif values:
+            raise TypeError("pass a NewEntry or keyword fields, not both")
+        row = _row_values(entry)
+        with self.db.write() as conn:
+            new_id = _insert(conn, row)
+            return self._get(conn, new_id)
+
+    def count(self) -> int:
+        with self.db.read() as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM history").fetchone()[0])
+
+    def get(self, entry_id: int) -> HistoryEntry:
+        with self.db.read() as conn:
+            return self._get(conn, entry_id)
+
+    def update_text(self, entry_id: int, text: str) -> HistoryEntry:
+        """Replace an entry's text (a correction); the search index follows through the update trigger."""
+        if not isinstance(text, str):
+            raise InvalidInput("text must be a string")
+        with self.db.write() as conn:
+            cur = conn.execute("UPDATE history SET text = ? WHERE id = ?", (text.translate(_MARKERS), entry_id))
+            if cur.rowcount == 0:
+                raise NotFound(f"history entry {entry_id} not found")
+            return self._get(conn, entry_id)
+
+    def delete(self, entry_id: int) -> None:
+        """Delete one entry (and, by cascade, the job whose result it was)."""
+        with self.db.write() as conn:
+            if conn.execute("DELETE FROM history WHERE id = ?", (entry_id,)).rowcount == 0:
+                raise NotFound(f"history entry {entry_id} not found")
+
+    def delete_many(self, ids: Iterable[int]) -> int:
+        """Delete the given entries in one transaction; unknown ids are ignored. Returns how many went."""
+        ids = list(ids)
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise InvalidInput("ids must be whole numbers")
+        with self.db.write() as conn:
+            return conn.execute("DELETE FROM history WHERE id IN (SELECT value FROM json_each(?))",
+                                (json.dumps(ids),)).rowcount
+
+    @staticmethod
+    def _get(conn: sqlite3.Connection, entry_id: int) -> HistoryEntry:
+        row = conn.execute(f"SELECT {_COLUMNS} FROM history AS h WHERE h.id = ?", (entry_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"history entry {entry_id} not found")
+        return _entry(row)
+
+    # search and statistics
+
+    def search(self, q: str | None = None, *, source: str | None = None, language: str | None = None,
+               since: str | None = None, until: str | None = None, limit: int = 50,
+               offset: int = 0) -> SearchPage:
+        """Entries matching the filters: by bm25 relevance with snippets when ``q`` has words, else newest first.
+
+        ``since`` is inclusive; ``until`` includes a given datetime, or the whole day of a given date.
+        """
+        limit, offset = _page_bounds(limit, offset)
+        where, params = [], []
+        if source is not None:
+            if source not in SOURCES:
+                raise InvalidInput(f"source {source!r} is not one of {', '.join(SOURCES)}")
+            where.append("h.source = ?")
+            params.append(source)
+        if language is not None:
+            where.append("h.language = ?")
+            params.append(language)
+        if since is not None:
+            where.append("h.created_at >= ?")
+            params.append(_lower_bound(since))
+        if until is not None:
+            where.append("h.created_at < ?")
+            params.append(_upper_bound(until))
+        match = fts_query(q)
+        if match is not None:
+            where.insert(0, "history_fts MATCH ?")
+            params.insert(0, match)
+            origin = "history_fts JOIN history AS h ON h.id = history_fts.rowid"
+            snippet = "snippet(history_fts, 0, ?, ?, ?, ?)"
+            snippet_params = [SNIPPET_START, SNIPPET_END, SNIPPET_ELLIPSIS, SNIPPET_TOKENS]
+            # Text matches weigh more than filename matches; newest first among equals.
+            order = "bm25(history_fts, 1.0, 0.5), h.created_at DESC, h.id DESC"
+        else:
+            origin, snippet, snippet_params = "history AS h", "NULL", []
+            order = "h.created_at DESC, h.id DESC"
+        condition = ("WHERE " + " AND ".join(where)) if where else ""
+        with self.db.read() as conn:
+            total = conn.execute(f"SELECT count(*) FROM {origin} {condition}", params).fetchone()[0]
+            rows = conn.execute(
+                f"SELECT {_COLUMNS}, {snippet} AS snippet FROM {origin} {condition} ORDER BY {order} "
+                f"LIMIT ? OFFSET ?", [*snippet_params, *params, limit, offset]).fetchall()
+        return SearchPage(items=tuple(SearchHit(_entry(r), r["snippet"]) for r in rows), total=total,
+                          limit=limit, offset=offset)
+
+    def stats(self, days: int = 30) -> dict[str, Any]:
+        """Totals, counts by source and by model, and entries per UTC day over the last ``days`` days."""
+        if isinstance(days, bool) or not isinstance(days, int) or days < 1:
+            raise InvalidInput("days must be 1 or more")
+        today = datetime.now(UTC).date()
+        first = today - timedelta(days=days - 1)
+        with self.db.read() as conn:
+            entries, audio, processing = conn.execute(
+                "SELECT count(*), coalesce(sum(duration), 0), coalesce(sum(processing_seconds), 0) "
+                "FROM history").fetchone()
+            by_source = dict(conn.execute(
+                "SELECT source, count(*) FROM history GROUP BY source ORDER BY source").fetchall())
+            by_model = dict(conn.execute(
+                "SELECT coalesce(model, 'unknown'), count(*) FROM history GROUP BY 1 ORDER BY 1").fetchall())
+            per_day = dict(conn.execute(
+                "SELECT substr(created_at, 1, 10), count(*) FROM history WHERE created_at >= ? GROUP BY 1",
+                (first.isoformat(),)).fetchall())
+        by_day = {(first + timedelta(days=i)).isoformat(): 0 for i in range(days)}
+        by_day.update({day: n for day, n in per_day.items() if day in by_day})
+        return {"entries": entries, "audio_hours": audio / 3600, "processing_hours": processing / 3600,
+                "by_source": by_source, "by_model": by_model, "by_day": by_day}
+
+    # result cache and retention
+
+    def find_cached(self, audio_sha256: str, model: str, engine: str,
+                    options_key: str | None) -> HistoryEntry | None:
+        """The newest entry for the same audio, model, engine and decoding options, if any."""
+        with self.db.read() as conn:
+            row = conn.execute(
+                f"SELECT {_COLUMNS} FROM history AS h WHERE h.audio_sha256 = ? AND h.model = ? AND h.engine = ? "
+                "AND h.options_key IS ? ORDER BY h.id DESC LIMIT 1",
+                ((audio_sha256 or "").lower(), model, engine, options_key)).fetchone()
+        return _entry(row) if row is not None else None
+
+    def purge_older_than(self, days: int) -> int:
+        """Delete entries created more than ``days`` days ago; returns how many."""
+        if isinstance(days, bool) or not isinstance(days, int) or days < 1:
+            raise InvalidInput("days must be 1 or more (0 would delete everything)")
+        with self.db.write() as conn:
+            count = conn.execute("DELETE FROM history WHERE created_at < ?", (days_ago(days),)).rowcount
+        if count:
+            log.info("retention: deleted %d history entries older than %d days", count, days)
+        return count
+
+    # export and import
+
+    def iter_export(self) -> Iterator[dict[str, Any]]:
+        """Every entry as a dict, oldest first, read in batches from one snapshot; writers are not blocked."""
+        with self.db.reader() as conn:
+            cur = conn.execute(f"SELECT {_COLUMNS} FROM history AS h ORDER BY h.id")
+            while rows := cur.fetchmany(EXPORT_BATCH):
+                for row in rows:
+                    yield _entry(row).to_dict()
+
+    def export_json(self) -> Iterator[str]:
+        """A JSON array of all entries, as text chunks (``fp.writelines(store.export_json())`` for a file)."""
+        buffer = ["["]
+        size, sep = 1, "\n"
+        for item in self.iter_export():
+            piece = sep + json.dumps(item, ensure_ascii=False)
+            buffer.append(piece)
+            size += len(piece)
+            sep = ",\n"
+            if size >= CHUNK_CHARS:
+                yield "".join(buffer)
+                buffer, size = [], 0
+        buffer.append("\n]\n")
+        yield "".join(buffer)
+
+    def export_csv(self) -> Iterator[str]:
+        """CSV with one column per entry field (segments and metadata as JSON), as text chunks."""
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\r\n")
+        writer.writerow(ENTRY_FIELDS)
+        for item in self.iter_export():
+            writer.writerow([_csv_cell(item[name]) for name in ENTRY_FIELDS])
+            if out.tell() >= CHUNK_CHARS:
+                yield out.getvalue()
+                out.seek(0)
+                out.truncate()
+        yield out.getvalue()
+
+    def import_entries(self, items: Iterable[Mapping[str, Any]]) -> ImportResult:
+        """Store imported entries with their original timestamps, skipping duplicates (see module docstring).
+
+        Invalid items are reported as ``row N: why`` (1-based) and the rest are still imported.
+        """
+        imported = skipped = 0
+        errors: list[str] = []
+        batch: list[dict[str, Any]] = []
+
+        def flush() -> None:
+            nonlocal imported, skipped
+            # The batch is built before taking the lock: nothing inside the transaction waits on the caller.
+            with self.db.write() as conn:
+                for row in batch:
+                    if _is_duplicate(conn, row):
+                        skipped += 1
+                    else:
+                        _insert(conn, row)
+                        imported += 1
+            batch.clear()
+
+        for number, item in enumerate(items, 1):
+            try:
+                batch.append(_row_values(NewEntry.from_dict(item)))
+            except InvalidInput as exc:
+                errors.append(f"row {number}: {exc.message}")
+            except TypeError as exc:
+                errors.append(f"row {number}: {exc}")
+            if len(batch) >= IMPORT_BATCH:
+                flush()
+        if batch:
+            flush()
+        log.info("history import: %d imported, %d duplicates skipped, %d invalid", imported, skipped, len(errors))
+        return ImportResult(imported=imported, skipped_duplicates=skipped, errors=tuple(errors))
+
+
+def _insert(conn: sqlite3.Connection, row: dict[str, Any]) -> int:
+    names = ", ".join(row)
+    marks = ", ".join("?" for _ in row)
+    return int(conn.execute(f"INSERT INTO history ({names}) VALUES ({marks})", list(row.values())).lastrowid)
+
+
+def _is_duplicate(conn: sqlite3.Connection, row: dict[str, Any]) -> bool:
+    # INDEXED BY: without ANALYZE statistics the planner prefers the (far less selective) source index.
+    return conn.execute(
+        "SELECT 1 FROM history INDEXED BY history_created_at WHERE created_at = ? AND text = ? AND source = ? AND audio_sha256 IS ? LIMIT 1",
+        (row["created_at"], row["text"], row["source"], row["audio_sha256"])).fetchone() is not None
