@@ -1,0 +1,75 @@
+"""core/wer.py: normalisation (numbers spelled out, punctuation gone) and word error rate."""
+
+from __future__ import annotations
+
+import pytest
+
+from whisper_appliance.core.wer import normalize, number_to_words, ordinal_words, word_error_rate
+
+
+@pytest.mark.parametrize("n, words", [
+    (0, "zero"), (9, "nine"), (10, "ten"), (13, "thirteen"), (20, "twenty"), (21, "twenty one"),
+    (99, "ninety nine"), (100, "one hundred"), (105, "one hundred five"), (1000, "one thousand"),
+    (1961, "one thousand nine hundred sixty one"), (2_000_017, "two million seventeen"),
+    (10 ** 12, "one trillion"), (10 ** 15, "one zero zero zero zero zero zero zero zero zero zero zero zero zero "
+                                           "zero zero"),
+])
+def test_number_to_words(n, words):
+    assert number_to_words(n) == words
+
+
+@pytest.mark.parametrize("n, words", [
+    (1, "first"), (2, "second"), (3, "third"), (5, "fifth"), (8, "eighth"), (9, "ninth"), (12, "twelfth"),
+    (20, "twentieth"), (21, "twenty first"), (100, "one hundredth"), (4, "fourth"),
+])
+def test_ordinal_words(n, words):
+    assert ordinal_words(n) == words
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Go forward 10 meters.", "go forward ten meters"),
+    ("10 of clubs", "ten of clubs"),
+    ("9", "nine"),
+    ("the 2nd time, the 21st century", "the second time the twenty first century"),
+    ("1,000 people", "one thousand people"),
+    ("$5", "five dollars"),
+    ("It costs $1,250.50!", "it costs one thousand two hundred fifty point five zero dollars"),
+    ("50% off", "fifty percent off"),
+    ("3.5 miles", "three point five miles"),
+    ("twenty-one", "twenty one"),
+    ("  And so,   my fellow\nAmericans; ask NOT... ", "and so my fellow americans ask not"),
+    ("Don't \"quote\" me — ok?", "dont quote me ok"),
+    ("Grüße, Café!", "grüße café"),
+    ("", ""),
+])
+def test_normalize(text, expected):
+    assert normalize(text) == expected
+
+
+def test_reference_words_and_whisper_digits_compare_equal():
+    assert word_error_rate("go forward ten meters", " Go forward 10 meters.") == 0.0
+    assert word_error_rate("eight of spades four of clubs seven of hearts",
+                           "8 of spades, 4 of clubs, 7 of hearts.") == 0.0
+
+
+def test_word_error_rate_counts_errors():
+    # one substitution and one deletion over four reference words
+    assert word_error_rate("the cat sat down", "the dog sat") == pytest.approx(0.5)
+    # insertions can push WER above 1
+    assert word_error_rate("yes", "no no no") == pytest.approx(3.0)
+    assert word_error_rate("Hello, world!", "hello world") == 0.0
+
+
+def test_word_error_rate_on_empty_texts():
+    assert word_error_rate("", "") == 0.0
+    assert word_error_rate("...", "") == 0.0
+    assert word_error_rate("", "something") == 1.0
+    assert word_error_rate("something here", "") == 1.0
+
+
+def test_real_reference(speech_dir):
+    ref = (speech_dir / "jfk.txt").read_text()
+    hyp = ("And so my fellow Americans, ask not what your country can do for you, "
+           "ask what you can do for your country.")
+    assert word_error_rate(ref, hyp) == 0.0
+    assert word_error_rate(ref, hyp.replace("country", "county", 1)) == pytest.approx(1 / 22)
