@@ -1,0 +1,702 @@
+"""The live-dictation streaming policy: what to decode when, and which words become final.
+
+``StreamingPolicy`` is a pure object. It is fed 16 kHz mono float32 audio (``push_audio``) and the words of
+the passes it asked for (``apply``); it never calls the model itself. Its decisions:
+
+* Utterances come from the VAD: no pass ever runs on silence, and an utterance ends after
+  ``finalize_silence_s`` of silence (or at ``finish``).
+* While an utterance is open, *partial* passes (small beam) run over its buffer every ``step`` seconds of new
+  audio; their words after the committed text are the ``partial`` event.
+* When it ends, ONE *final* pass (large beam) runs over the whole utterance and its text is committed, minus
+  the words of that utterance already committed, matched by text (word times jitter between passes).
+* Long utterances commit early: once the buffer holds ``agreement_after_s`` of audio, words that two
+  consecutive passes agree on (LocalAgreement-2) are committed; at ``max_utterance_s`` a *trim* pass commits
+  up to a segment boundary and the buffer is cut there, so every pass costs a bounded amount.
+* The prompt is committed text from BEFORE the buffer only (committed words still inside the buffer made
+  Whisper skip them).
+* Hallucinations on low-speech audio and repetition loops are never committed.
+* Pass time is measured: when passes are slower than the step, the step grows instead of the lag.
+
+``run_pass`` is the one function that calls an engine; ``simulate`` drives policy and engine over a recorded
+file at real-time pace (tests and the live benchmark).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import numpy as np
+
+from .engines.base import Engine
+from .errors import InvalidInput
+from .records import SAMPLE_RATE, TASKS, Segment, TranscribeOptions, Word
+from .vad import SileroVoiceActivityDetector, VoiceActivityDetector
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StreamingConfig:
+    sample_rate: int = SAMPLE_RATE
+    min_step_s: float = 0.5            # least new audio between two partial passes
+    finalize_silence_s: float = 0.5    # silence that ends an utterance
+    max_utterance_s: float = 15.0      # buffer length at which a trim pass commits and cuts the buffer
+    agreement_after_s: float = 4.0     # LocalAgreement commits only in buffers at least this long (inf: never)
+    agreement_margin_s: float = 1.0    # ... and only words ending this far before the buffer end
+    prompt_chars: int = 200
+    partial_beam_size: int = 1
+    final_beam_size: int = 5
+    language: str | None = None        # None: detect on the first utterance, then keep it
+    task: Literal["transcribe", "translate"] = "transcribe"
+    vad_threshold: float = 0.5
+    min_speech_s: float = 0.25         # utterances with less detected speech are dropped unheard
+    speech_pad_s: float = 0.2          # audio kept before speech onset and after speech end
+    min_partial_s: float = 0.5         # no partial pass before the utterance holds this much audio
+    quiet_tail_s: float = 0.25         # no partial pass while the utterance has been silent this long
+
+    def __post_init__(self) -> None:
+        if self.sample_rate != SAMPLE_RATE:
+            raise InvalidInput(f"streaming works on {SAMPLE_RATE} Hz audio, not {self.sample_rate} Hz")
+        if self.task not in TASKS:
+            raise InvalidInput(f"task must be one of {', '.join(TASKS)}, not {self.task!r}")
+        if self.min_step_s <= 0 or self.finalize_silence_s <= 0:
+            raise InvalidInput("min_step_s and finalize_silence_s must be greater than 0")
+        if not 2.0 <= self.max_utterance_s <= 28.0:
+            # Whisper sees 30 s at most; the trim pass needs a margin to find a boundary.
+            raise InvalidInput("max_utterance_s must lie between 2 and 28 seconds")
+        if self.partial_beam_size < 1 or self.final_beam_size < 1:
+            raise InvalidInput("beam sizes must be at least 1")
+
+
+@dataclass(frozen=True)
+class PassRequest:
+    audio: np.ndarray = field(repr=False)
+    offset: float                      # stream time of audio[0], seconds
+    prompt: str | None
+    final: bool                        # the utterance's last pass: everything it hears is committed
+    utterance_id: int
+    trim: bool = False                 # buffer at max_utterance_s: commit up to a boundary, cut the buffer there
+
+    @property
+    def end(self) -> float:
+        return self.offset + self.audio.size / SAMPLE_RATE
+
+
+@dataclass(frozen=True)
+class PassResult:
+    """One pass's segments with absolute (stream) times, and what the engine detected."""
+
+    segments: tuple[Segment, ...]
+    language: str | None = None
+    language_probability: float = 0.0
+    elapsed: float = 0.0               # seconds the engine took
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    kind: Literal["partial", "final"]
+    text: str
+    start: float
+    end: float
+    words: tuple[Word, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {"text": self.text, "start": round(self.start, 3), "end": round(self.end, 3)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pure helpers: text normalisation, alignment, agreement, loops, hallucinations.
+
+_NON_WORD = re.compile(r"[^\w']+")
+
+
+def word_key(text: str) -> str:
+    """A word as compared between hypotheses: lower case, no punctuation ("Hello," == "hello")."""
+    return _NON_WORD.sub("", text.lower()).strip("'")
+
+
+def join_words(words: Sequence[Word]) -> str:
+    return "".join(w.word for w in words).strip()
+
+
+def committed_prefix_length(committed: Sequence[str], hypothesis: Sequence[str]) -> int:
+    """How many leading hypothesis words re-say ``committed`` (keys), matched by text, not by time.
+
+    The prefix length k minimises the edit distance between ``committed`` and ``hypothesis[:k]``; on ties the
+    shorter prefix wins, so an uncertain match repeats nothing rather than dropping a new word.
+    """
+    if not committed:
+        return 0
+    n, m = len(committed), len(hypothesis)
+    prev = list(range(m + 1))  # distance of the empty committed list to hypothesis[:k]
+    for i in range(1, n + 1):
+        cur = [i] + [0] * m
+        for k in range(1, m + 1):
+            same = committed[i - 1] == hypothesis[k - 1]
+            cur[k] = min(prev[k - 1] + (0 if same else 1), prev[k] + 1, cur[k - 1] + 1)
+        prev = cur
+    best = min(range(m + 1), key=lambda k: (prev[k], k))
+    # A prefix that shares no word with the committed text is no match at all.
+    if best and not set(committed) & set(hypothesis[:best]):
+        return 0
+    return best
+
+
+def agreed_prefix_length(previous: Sequence[str], current: Sequence[str]) -> int:
+    """LocalAgreement-2: the number of leading words two consecutive hypotheses share."""
+    n = 0
+    for a, b in zip(previous, current, strict=False):
+        if a != b:
+            break
+        n += 1
+    return n
+
+
+def find_repetition_loop(keys: Sequence[str], *, max_ngram: int = 4, max_repeats: int = 3) -> int | None:
+    """Index where a loop starts: the same 1..4-gram said more than ``max_repeats`` times in a row.
+
+    Returns the index just after the loop's FIRST occurrence (that one was probably really said), or None.
+    """
+    best: int | None = None
+    for n in range(1, max_ngram + 1):
+        for start in range(0, len(keys) - n * (max_repeats + 1) + 1):
+            gram = keys[start:start + n]
+            if not all(gram):
+                continue
+            repeats = 1
+            while keys[start + repeats * n:start + (repeats + 1) * n] == gram:
+                repeats += 1
+            if repeats > max_repeats:
+                cut = start + n
+                best = cut if best is None else min(best, cut)
+                break
+    return best
+
+
+_HALLUCINATIONS = re.compile(
+    r"^(?:"
+    r"(?:thank you|thanks) (?:so much |very much )?(?:for watching|for listening|for viewing)(?: and .*)?"
+    r"|thank you(?: very much| so much)?|thanks"
+    r"|you|bye|okay|so"
+    r"|(?:subtitles|captions|subtitled|transcribed|translated|transcription) by.*"
+    r"|please subscribe.*|like and subscribe.*|see you (?:next time|in the next video)"
+    r"|(?:blank audio|blank_audio|silence|music|applause|inaudible|no speech)"
+    r"|"  # nothing but music notes, brackets or punctuation
+    r")$")
+_ANNOTATION = re.compile(r"^\s*(?:[\[(].*[\])]|[♪♫♬♩\s.…-]+)\s*$")
+
+
+def is_hallucination(segment: Segment, speech_ratio: float) -> bool:
+    """Whether a segment is something Whisper says on non-speech rather than speech.
+
+    ``speech_ratio`` is the share of the segment's audio the VAD judged speech. Whisper's own silence rule
+    (no_speech_prob > 0.6 with avg_logprob < -1) drops anything; the usual phrases ("Thanks for watching",
+    "you", "[BLANK_AUDIO]", music notes, "Subtitles by ...") are dropped when any sign says low speech.
+    """
+    if segment.no_speech_prob > 0.6 and segment.avg_logprob < -1.0:
+        return True
+    text = segment.text.strip()
+    low_speech = segment.no_speech_prob > 0.3 or segment.avg_logprob < -0.8 or speech_ratio < 0.5
+    if not low_speech:
+        return False
+    if _ANNOTATION.match(text):
+        return True
+    normalised = " ".join(_NON_WORD.sub(" ", text.lower().replace("_", " ")).split())
+    return bool(_HALLUCINATIONS.match(normalised))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Utterance:
+    id: int
+    start: int                          # first buffered sample (stream index); moves forward on trims
+    last_speech_end: int
+    speech_samples: int = 0
+    end: int | None = None              # set when the VAD closed it
+    committed: list[Word] = field(default_factory=list)  # its committed words still inside the buffer
+    overlap: list[Word] = field(default_factory=list)    # committed words just before a trim cut
+    previous_tail: list[str] | None = None               # last partial's uncommitted keys (for agreement)
+    last_words: list[Word] = field(default_factory=list)  # last hypothesis, for trimming
+    no_prompt: bool = False             # a repetition loop was seen: decode without prompt from now on
+    speculated: int = -1                # last_speech_end for which an early final pass was asked
+
+
+class StreamingPolicy:
+    """Decides which passes to run over a live stream and what becomes partial or final text."""
+
+    def __init__(self, config: StreamingConfig | None = None, vad: VoiceActivityDetector | None = None) -> None:
+        self.config = config or StreamingConfig()
+        self._vad = vad if vad is not None else SileroVoiceActivityDetector()
+        self._vad.reset()
+        self.language: str | None = self.config.language
+        self._frame = self._vad.frame_samples
+        self._neg_threshold = max(self.config.vad_threshold - 0.15, 0.01)
+        self._sr = self.config.sample_rate
+
+        self._audio = np.zeros(0, dtype=np.float32)
+        self._buf_start = 0                # stream index of self._audio[0]
+        self._total = 0                    # samples pushed
+        self._probs = np.zeros(0, dtype=np.float32)  # VAD probability per frame since self._probs_start
+        self._probs_start = 0              # frame index of self._probs[0]
+        self._frames = 0
+        self._in_speech = False
+        self._floor = 0                    # no new utterance may start before this sample (previous one's end)
+
+        self._current: _Utterance | None = None
+        self._pending: deque[_Utterance] = deque()   # closed utterances waiting for their final pass
+        self._next_id = 0
+        self._ended = False
+
+        self._committed: list[Word] = []
+        self._partial = ""
+        self._last_pass_end = 0.0          # stream time up to which the last applied pass heard the audio
+        self._pass_ema: float | None = None
+        self._passes = 0
+
+    # -- feeding -----------------------------------------------------------------------------------------------
+
+    def push_audio(self, samples: np.ndarray) -> None:
+        if self._ended:
+            raise InvalidInput("the stream has finished; start a new one")
+        samples = np.asarray(samples, dtype=np.float32).ravel()
+        if samples.size == 0:
+            return
+        self._audio = np.concatenate([self._audio, samples])
+        self._total += samples.size
+        probs = self._vad.push(samples)
+        self._probs = np.concatenate([self._probs, probs])
+        for p in probs:
+            self._on_frame(float(p))
+        self._drop_unneeded_audio()
+
+    def _on_frame(self, prob: float) -> None:
+        cfg = self.config
+        frame_start = self._frames * self._frame
+        frame_end = frame_start + self._frame
+        self._frames += 1
+        speech = prob >= cfg.vad_threshold or (self._in_speech and prob >= self._neg_threshold)
+        self._in_speech = speech
+        cur = self._current
+        if speech:
+            if cur is None:
+                start = max(frame_start - int(cfg.speech_pad_s * self._sr), self._floor, self._buf_start)
+                cur = self._current = _Utterance(id=self._next_id, start=start, last_speech_end=frame_end)
+                self._next_id += 1
+            cur.speech_samples += self._frame
+            cur.last_speech_end = frame_end
+        elif cur is not None and frame_end - cur.last_speech_end >= cfg.finalize_silence_s * self._sr:
+            self._close_current(frame_end)
+
+    def _close_current(self, now_sample: int) -> None:
+        cur = self._current
+        assert cur is not None
+        self._current = None
+        end = min(cur.last_speech_end + int(self.config.speech_pad_s * self._sr), now_sample)
+        self._floor = end
+        if cur.speech_samples < self.config.min_speech_s * self._sr and not cur.committed:
+            log.debug("utterance %d dropped: %.2f s of speech", cur.id, cur.speech_samples / self._sr)
+            return
+        cur.end = end
+        self._pending.append(cur)
+
+    def _drop_unneeded_audio(self) -> None:
+        """Keep audio from the oldest open utterance on, or a short pre-roll while nobody speaks."""
+        if self._pending:
+            keep_from = self._pending[0].start
+        elif self._current is not None:
+            keep_from = self._current.start
+        else:
+            keep_from = max(self._floor, self._total - int(self.config.speech_pad_s * self._sr) - self._frame)
+        keep_from = max(keep_from, self._buf_start)
+        if keep_from > self._buf_start:
+            self._audio = self._audio[keep_from - self._buf_start:]
+            self._buf_start = keep_from
+        first_frame = keep_from // self._frame
+        if first_frame > self._probs_start:
+            self._probs = self._probs[first_frame - self._probs_start:]
+            self._probs_start = first_frame
+
+    # -- scheduling --------------------------------------------------------------------------------------------
+
+    @property
+    def step_seconds(self) -> float:
+        """New audio needed between partial passes: grows when passes are slower than real time."""
+        if self._pass_ema is None:
+            return self.config.min_step_s
+        return max(self.config.min_step_s, self._pass_ema)
+
+    def next_pass(self) -> PassRequest | None:
+        """The pass worth running now, or None (silence, too little new audio, or nothing pending)."""
+        if self._pending:
+            return self._request(self._pending[0], final=True)
+        cur = self._current
+        if cur is None or self._ended:
+            return None
+        cfg = self.config
+        length = (self._total - cur.start) / self._sr
+        if length < cfg.min_partial_s or cur.speech_samples < cfg.min_speech_s * self._sr:
+            return None
+        if (self._total - cur.last_speech_end) / self._sr >= cfg.quiet_tail_s:
+            # The speaker paused: run the final pass now, in the pause. If the VAD has closed the utterance by
+            # the time it is applied (the usual case: a pass outlasts the rest of the silence), its words are
+            # committed at once instead of after one more pass.
+            if cur.speculated == cur.last_speech_end:
+                return None
+            cur.speculated = cur.last_speech_end
+            return self._request(cur, final=True)
+        if self._total / self._sr - self._last_pass_end < self.step_seconds:
+            return None
+        return self._request(cur, final=False, trim=length >= cfg.max_utterance_s)
+
+    def finish(self) -> PassRequest | None:
+        """At stop: the next final pass over what is left; call again after applying it, until None."""
+        if not self._ended:
+            self._ended = True
+            if self._current is not None:
+                self._close_current(self._total)
+        return self._request(self._pending[0], final=True) if self._pending else None
+
+    def _request(self, utt: _Utterance, *, final: bool, trim: bool = False) -> PassRequest:
+        if utt.end is not None:
+            end = utt.end
+        elif final:
+            end = min(utt.last_speech_end + int(self.config.speech_pad_s * self._sr), self._total)
+        else:
+            end = self._total
+        audio = self._audio[utt.start - self._buf_start:end - self._buf_start].copy()
+        return PassRequest(audio=audio, offset=utt.start / self._sr, prompt=self._prompt(utt), final=final,
+                           utterance_id=utt.id, trim=trim)
+
+    def _prompt(self, utt: _Utterance) -> str | None:
+        if self.config.prompt_chars <= 0 or utt.no_prompt:
+            return None
+        before = self._committed[:len(self._committed) - len(utt.committed)]
+        text = join_words(before)
+        if len(text) > self.config.prompt_chars:
+            text = text[-self.config.prompt_chars:]
+            text = text.split(" ", 1)[1] if " " in text else text  # start on a word boundary
+        return text or None
+
+    def options_for(self, request: PassRequest) -> TranscribeOptions:
+        cfg = self.config
+        beam = cfg.final_beam_size if (request.final or request.trim) else cfg.partial_beam_size
+        return TranscribeOptions(language=self.language, task=cfg.task, beam_size=beam, temperature=0.0,
+                                 initial_prompt=request.prompt, word_timestamps=True, vad_filter=False,
+                                 condition_on_previous_text=False)
+
+    # -- applying hypotheses -----------------------------------------------------------------------------------
+
+    def apply(self, request: PassRequest, result: PassResult, elapsed: float) -> list[StreamEvent]:
+        """Take a pass's hypothesis; return the events it causes (commits first, then the new partial)."""
+        self._passes += 1
+        self._pass_ema = elapsed if self._pass_ema is None else 0.7 * self._pass_ema + 0.3 * elapsed
+        self._last_pass_end = max(self._last_pass_end, request.end)
+        if self.language is None and result.language and request.final:
+            self.language = result.language
+            log.info("live stream language detected: %s (p=%.2f)", result.language, result.language_probability)
+
+        utt = self._find(request.utterance_id)
+        if utt is None:
+            log.warning("pass for unknown utterance %d ignored", request.utterance_id)
+            return []
+        words = self._clean_words(result.segments)
+        keys = [word_key(w.word) for w in words]
+        loop_at = find_repetition_loop(keys)
+        if loop_at is not None:
+            log.warning("repetition loop in utterance %d dropped: %r", utt.id, join_words(words[loop_at:])[:80])
+            words, keys = words[:loop_at], keys[:loop_at]
+            utt.no_prompt = True
+            utt.previous_tail = None
+
+        known = [word_key(w.word) for w in (*utt.overlap, *utt.committed)]
+        skip = committed_prefix_length(known, keys)
+        tail, tail_keys = words[skip:], keys[skip:]
+        utt.last_words = tail
+
+        events: list[StreamEvent] = []
+        closed = bool(self._pending) and utt is self._pending[0]
+        if request.final and closed and round(request.end * self._sr) >= (utt.end or 0):
+            events += self._commit(utt, tail)
+            self._pending.popleft()
+            self._drop_unneeded_audio()
+            events += self._set_partial([])
+            return events
+
+        if request.final:
+            # An early final pass overtaken by new speech: it only refreshes the partial.
+            return events + self._set_partial(tail)
+        if loop_at is None:
+            n = self._agreed(utt, request, tail, tail_keys)
+            if request.trim:
+                n = max(n, self._trim_point(request, tail))
+            if n:
+                events += self._commit(utt, tail[:n])
+                tail, tail_keys = tail[n:], tail_keys[n:]
+            utt.previous_tail = tail_keys
+        if request.trim:
+            self._cut_buffer(utt, request, tail)
+        events += self._set_partial(tail)
+        return events
+
+    def _find(self, utterance_id: int) -> _Utterance | None:
+        if self._pending and self._pending[0].id == utterance_id:
+            return self._pending[0]
+        if self._current is not None and self._current.id == utterance_id:
+            return self._current
+        return None
+
+    def _clean_words(self, segments: Sequence[Segment]) -> list[Word]:
+        words: list[Word] = []
+        for seg in segments:
+            if is_hallucination(seg, self._speech_ratio(seg.start, seg.end)):
+                log.info("dropped likely hallucination %r (no_speech=%.2f, logprob=%.2f)",
+                         seg.text, seg.no_speech_prob, seg.avg_logprob)
+                continue
+            seg_words = seg.words or (Word(seg.start, seg.end, seg.text, 0.0),)
+            words += [w for w in seg_words if word_key(w.word)]
+        return words
+
+    def _speech_ratio(self, start: float, end: float) -> float:
+        first = int(start * self._sr) // self._frame - self._probs_start
+        last = int(np.ceil(end * self._sr / self._frame)) - self._probs_start
+        probs = self._probs[max(first, 0):max(last, 0)]
+        if probs.size == 0:
+            return 1.0  # no VAD evidence (times outside the buffer): let the model's own scores decide
+        return float(np.mean(probs >= self._neg_threshold))
+
+    def _agreed(self, utt: _Utterance, request: PassRequest, tail: list[Word], tail_keys: list[str]) -> int:
+        cfg = self.config
+        if utt.previous_tail is None or request.audio.size / self._sr < cfg.agreement_after_s:
+            return 0
+        n = agreed_prefix_length(utt.previous_tail, tail_keys)
+        limit = request.end - cfg.agreement_margin_s
+        while n and tail[n - 1].end > limit:
+            n -= 1
+        return n
+
+    def _trim_point(self, request: PassRequest, tail: list[Word]) -> int:
+        """Words to commit on a trim pass: through the last sentence end well before the buffer end, or else
+        every word well before it."""
+        limit = request.end - self.config.agreement_margin_s
+        before = 0
+        sentence = 0
+        for i, w in enumerate(tail):
+            if w.end > limit:
+                break
+            before = i + 1
+            if w.word.rstrip().endswith((".", "?", "!")):
+                sentence = i + 1
+        return sentence or before
+
+    def _cut_buffer(self, utt: _Utterance, request: PassRequest, tail: list[Word]) -> None:
+        """Move the utterance start past its committed words, so every pass stays bounded."""
+        if utt.committed:
+            cut = utt.committed[-1].end
+            if tail:
+                cut = min(cut, tail[0].start)
+            utt.overlap = utt.committed[-1:]
+        elif not tail or request.audio.size / self._sr >= 28.0:
+            # The VAD hears speech the model does not transcribe (or only loops): keep the last few seconds.
+            cut = request.end - self.config.max_utterance_s / 3
+        else:
+            return
+        cut_sample = max(utt.start, min(int(cut * self._sr), self._total))
+        log.debug("utterance %d trimmed at %.2f s", utt.id, cut_sample / self._sr)
+        utt.start = cut_sample
+        utt.committed = []
+        utt.previous_tail = None
+        self._drop_unneeded_audio()
+
+    def _commit(self, utt: _Utterance, words: Sequence[Word]) -> list[StreamEvent]:
+        if not words:
+            return []
+        words = list(words)
+        if self._committed and not words[0].word.startswith(" "):
+            first = words[0]
+            words[0] = Word(first.start, first.end, " " + first.word, first.probability)
+        self._committed += words
+        utt.committed += words
+        return [StreamEvent("final", join_words(words), words[0].start, words[-1].end, tuple(words))]
+
+    def _set_partial(self, tail: Sequence[Word]) -> list[StreamEvent]:
+        text = join_words(tail)
+        if text == self._partial:
+            return []
+        self._partial = text
+        if not tail:
+            return [StreamEvent("partial", "", self._last_pass_end, self._last_pass_end)]
+        return [StreamEvent("partial", text, tail[0].start, tail[-1].end, tuple(tail))]
+
+    # -- state ---------------------------------------------------------------------------------------------------
+
+    @property
+    def committed_text(self) -> str:
+        return join_words(self._committed)
+
+    @property
+    def committed_words(self) -> tuple[Word, ...]:
+        return tuple(self._committed)
+
+    @property
+    def audio_seconds(self) -> float:
+        return self._total / self._sr
+
+    @property
+    def buffered_seconds(self) -> float:
+        return self._audio.size / self._sr
+
+    @property
+    def lag_seconds(self) -> float:
+        """How far the transcript is behind the audio: 0 when nothing is waiting to be decoded."""
+        oldest = self._pending[0] if self._pending else self._current
+        if oldest is None:
+            return 0.0
+        heard = max(self._last_pass_end, oldest.start / self._sr)
+        return max(0.0, self.audio_seconds - heard)
+
+    @property
+    def passes(self) -> int:
+        return self._passes
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Running passes, and the simulation harness.
+
+
+def run_pass(engine: Engine, request: PassRequest, options: TranscribeOptions) -> PassResult:
+    """Decode one pass; segment and word times come back in stream time (``request.offset`` added)."""
+    started = time.perf_counter()
+    segments, info = engine.transcribe(request.audio, options)
+    shifted = []
+    for seg in segments:
+        words = tuple(Word(w.start + request.offset, w.end + request.offset, w.word, w.probability)
+                      for w in seg.words)
+        shifted.append(replace(seg, start=seg.start + request.offset, end=seg.end + request.offset, words=words))
+    return PassResult(segments=tuple(shifted), language=info.language,
+                      language_probability=info.language_probability, elapsed=time.perf_counter() - started)
+
+
+@dataclass(frozen=True)
+class TimedEvent:
+    at: float                 # wall seconds since the stream started
+    event: StreamEvent
+    heard_until: float        # stream time up to which the pass that caused it had audio
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    events: tuple[TimedEvent, ...]
+    text: str                                  # the committed transcript
+    duration: float                            # seconds of audio streamed
+    wall_seconds: float
+    compute_seconds: float                     # time spent in passes
+    passes: int
+    commit_latencies: tuple[float, ...]        # per committed word: commit time - time its end was fed
+    partial_latencies: tuple[float, ...]       # per partial: shown time - time its newest audio was fed
+    first_partial_latency: float | None        # first partial shown - time its first word's start was fed
+    max_lag: float
+    language: str | None = None
+
+    @property
+    def real_time_factor(self) -> float:
+        return self.compute_seconds / self.duration if self.duration else 0.0
+
+    def summary(self) -> dict[str, float | None]:
+        def pct(values: tuple[float, ...], q: float) -> float | None:
+            return round(float(np.percentile(values, q)), 3) if values else None
+
+        return {"duration_s": round(self.duration, 2), "passes": self.passes,
+                "rtf": round(self.real_time_factor, 3), "max_lag_s": round(self.max_lag, 2),
+                "commit_latency_p50_s": pct(self.commit_latencies, 50),
+                "commit_latency_p95_s": pct(self.commit_latencies, 95),
+                "partial_latency_p50_s": pct(self.partial_latencies, 50),
+                "partial_latency_p95_s": pct(self.partial_latencies, 95),
+                "first_partial_s": None if self.first_partial_latency is None else round(self.first_partial_latency, 3)}
+
+
+def simulate(engine: Engine, audio: np.ndarray, *, chunk_s: float = 0.25, realtime: bool = True,
+             config: StreamingConfig | None = None, vad: VoiceActivityDetector | None = None) -> SimulationResult:
+    """Stream ``audio`` (16 kHz mono float32) through a fresh policy and ``engine`` as a live client would.
+
+    Chunks become available at real-time pace; a pass blocks the loop, and the audio that arrived meanwhile is
+    pushed after it, as in a live session. ``realtime=False`` keeps the same schedule on a virtual clock (idle
+    waits skipped, pass times still counted), so results match a real-time run but finish sooner.
+    """
+    audio = np.asarray(audio, dtype=np.float32).ravel()
+    policy = StreamingPolicy(config, vad)
+    chunk = max(1, int(round(chunk_s * SAMPLE_RATE)))
+    n = audio.size
+    duration = n / SAMPLE_RATE
+    origin = time.perf_counter()
+    virtual = 0.0
+
+    def clock() -> float:
+        return time.perf_counter() - origin if realtime else virtual
+
+    def arrival(t: float) -> float:
+        """Wall time at which the audio up to stream time ``t`` had been fed."""
+        t = min(max(t, 0.0), duration)
+        return min(math.ceil(t * SAMPLE_RATE / chunk - 1e-9) * chunk, n) / SAMPLE_RATE
+
+    events: list[TimedEvent] = []
+    compute = 0.0
+    max_lag = 0.0
+
+    def run(request: PassRequest) -> None:
+        nonlocal compute, virtual, max_lag
+        nonlocal fed
+        result = run_pass(engine, request, policy.options_for(request))
+        compute += result.elapsed
+        virtual += result.elapsed
+        # A live session keeps receiving audio while a pass runs: push it before the pass is applied.
+        if not finishing:
+            fed = feed(fed)
+        at = clock()
+        events.extend(TimedEvent(at, e, request.end) for e in policy.apply(request, result, result.elapsed))
+        max_lag = max(max_lag, policy.lag_seconds)
+
+    def feed(done: int) -> int:
+        nonlocal max_lag
+        available = min(n, int(clock() * SAMPLE_RATE) // chunk * chunk)
+        if available > done:
+            policy.push_audio(audio[done:available])
+            max_lag = max(max_lag, policy.lag_seconds)
+        return max(done, available)
+
+    fed = 0
+    finishing = False
+    while fed < n:
+        fed = feed(fed)
+        request = policy.next_pass()
+        if request is not None:
+            run(request)
+            continue
+        if fed >= n:
+            break
+        next_chunk = (fed // chunk + 1) * chunk / SAMPLE_RATE
+        if realtime:
+            time.sleep(max(0.0, next_chunk - clock()))
+        else:
+            virtual = max(virtual, next_chunk)
+    finishing = True
+    while (request := policy.finish()) is not None:
+        run(request)
+
+    commit_latencies = tuple(te.at - arrival(w.end) for te in events if te.event.kind == "final"
+                             for w in te.event.words)
+    partials = [te for te in events if te.event.kind == "partial" and te.event.text]
+    partial_latencies = tuple(te.at - arrival(te.heard_until) for te in partials)
+    first_partial = (partials[0].at - arrival(partials[0].event.start)) if partials else None
+    return SimulationResult(events=tuple(events), text=policy.committed_text, duration=duration,
+                            wall_seconds=clock(), compute_seconds=compute, passes=policy.passes,
+                            commit_latencies=commit_latencies, partial_latencies=partial_latencies,
+                            first_partial_latency=first_partial, max_lag=max_lag, language=policy.language)

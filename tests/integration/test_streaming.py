@@ -1,0 +1,104 @@
+"""Live streaming with the real tiny.en model on real speech, through the same ``simulate`` harness the live
+benchmark uses: the committed text must be as good as an offline transcription, and silence must give no text.
+
+Timing figures are printed (run with ``-s``), never asserted: the CPU is shared.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from whisper_appliance.core.audio import decode_audio
+from whisper_appliance.core.config import Settings
+from whisper_appliance.core.engines import create_engine, transcribe_all
+from whisper_appliance.core.model_store import ModelStore
+from whisper_appliance.core.records import SAMPLE_RATE, TranscribeOptions
+from whisper_appliance.core.streaming import SimulationResult, StreamingConfig, simulate
+from whisper_appliance.core.wer import word_error_rate
+
+from ..conftest import MODELS_DIR, reference_text
+
+OFFLINE = TranscribeOptions(beam_size=5, temperature=0.0, language="en")
+
+
+@pytest.fixture(scope="module")
+def engine():
+    store = ModelStore(Settings(models_dir=MODELS_DIR, model_downloads=False))
+    loaded = create_engine("faster-whisper", "tiny.en", store.resolve("tiny.en").path, device="cpu")
+    yield loaded
+    loaded.close()
+
+
+def check_protocol(result: SimulationResult) -> None:
+    """Finals only ever extend the transcript; partials and finals have sane times."""
+    finals = [te.event for te in result.events if te.event.kind == "final"]
+    assert " ".join(e.text for e in finals) == result.text
+    for event in finals:
+        assert event.text and event.start <= event.end
+        assert event.words and event.words[0].start == event.start
+    last_end = -1.0
+    for event in finals:
+        assert event.end >= last_end - 0.5  # later commits are about later audio (word times jitter a little)
+        last_end = max(last_end, event.end)
+    times = [te.at for te in result.events]
+    assert times == sorted(times)
+
+
+@pytest.mark.parametrize("name", ["synthetic_meeting", "jfk"])
+def test_real_time_streaming_is_as_accurate_as_offline(engine, speech_dir, name):
+    audio = decode_audio(next(speech_dir.glob(f"{name}.*[!t]")))
+    reference = reference_text(name)
+    offline = transcribe_all(engine, audio, OFFLINE).text
+    result = simulate(engine, audio, realtime=True, config=StreamingConfig(language="en"))
+
+    offline_wer = word_error_rate(reference, offline)
+    streaming_wer = word_error_rate(reference, result.text)
+    print(f"\n{name}: WER streaming {streaming_wer:.3f} vs offline {offline_wer:.3f}; {result.summary()}")
+    print(f"  streamed: {result.text}")
+    assert streaming_wer <= offline_wer + 0.03
+    check_protocol(result)
+    assert any(te.event.kind == "partial" and te.event.text for te in result.events)
+    # Committed along the way, not only at stop.
+    assert sum(te.event.kind == "final" for te in result.events) >= 3
+
+
+def test_language_is_detected_when_the_session_names_none(engine, speech_dir):
+    audio = decode_audio(speech_dir / "jfk.mp3")
+    result = simulate(engine, audio, realtime=False, config=StreamingConfig(language=None))
+    assert result.language == "en"
+    assert word_error_rate(reference_text("jfk"), result.text) <= 0.1
+    check_protocol(result)
+
+
+@pytest.mark.parametrize("kind", ["digital_silence", "low_noise"])
+def test_silence_gives_no_text_at_all(engine, kind):
+    if kind == "digital_silence":
+        audio = np.zeros(30 * SAMPLE_RATE, dtype=np.float32)
+    else:
+        rms = 10 ** (-50 / 20)  # -50 dBFS
+        audio = (rms * np.random.default_rng(3).standard_normal(30 * SAMPLE_RATE)).astype(np.float32)
+    result = simulate(engine, audio, realtime=False)
+    assert result.events == ()  # no partials, no finals, not even empty ones
+    assert result.text == ""
+    assert result.passes == 0  # the VAD kept the model from ever running on it
+
+
+def test_speech_after_long_silence_is_transcribed_without_hallucinated_text(engine, speech_dir):
+    speech = decode_audio(speech_dir / "jfk.mp3")
+    rng = np.random.default_rng(4)
+
+    def noise(samples: int) -> np.ndarray:
+        return (10 ** (-50 / 20) * rng.standard_normal(samples)).astype(np.float32)
+
+    quiet = 10 * SAMPLE_RATE
+    result = simulate(engine, np.concatenate([noise(quiet), speech + noise(speech.size), noise(quiet)]),
+                      realtime=False)
+    # The first utterance ("And so my fellow Americans", 2 s) is decoded alone, and tiny.en with the added noise
+    # may get a word or two of it wrong (offline, with the whole file as context, it gets one wrong).
+    assert word_error_rate(reference_text("jfk"), result.text) <= 0.2
+    finals = [te.event for te in result.events if te.event.kind == "final"]
+    assert finals[0].start >= 9.5  # nothing was committed for the noise before the speech ...
+    assert finals[-1].end <= 10 + speech.size / SAMPLE_RATE + 0.5  # ... nor after it
+    assert all(te.event.start >= 9.5 for te in result.events if te.event.text)  # not even as a partial
+    check_protocol(result)

@@ -1,0 +1,424 @@
+"""The live streaming policy, driven by scripted hypotheses and an energy VAD: no model, no network."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from whisper_appliance.core.errors import InvalidInput
+from whisper_appliance.core.records import SAMPLE_RATE, Segment, Word
+from whisper_appliance.core.streaming import (
+    PassRequest,
+    PassResult,
+    StreamingConfig,
+    StreamingPolicy,
+    agreed_prefix_length,
+    committed_prefix_length,
+    find_repetition_loop,
+    is_hallucination,
+    word_key,
+)
+from whisper_appliance.core.vad import VoiceActivityDetector
+
+SR = SAMPLE_RATE
+
+
+class EnergyVAD(VoiceActivityDetector):
+    """Speech probability 1 for frames with any energy, 0 for digital silence."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._rest = np.zeros(0, dtype=np.float32)
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        audio = np.concatenate([self._rest, samples])
+        n = audio.size // self.frame_samples
+        self._rest = audio[n * self.frame_samples:]
+        frames = audio[:n * self.frame_samples].reshape(n, self.frame_samples)
+        return (np.sqrt((frames ** 2).mean(axis=1)) > 1e-3).astype(np.float32)
+
+
+def speech(seconds: float) -> np.ndarray:
+    return (0.1 * np.random.default_rng(0).standard_normal(int(seconds * SR))).astype(np.float32)
+
+
+def silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * SR), dtype=np.float32)
+
+
+def words_of(text: str, start: float, spacing: float = 0.4) -> list[Word]:
+    return [Word(start + i * spacing, start + i * spacing + 0.3, " " + w, 0.9) for i, w in enumerate(text.split())]
+
+
+def result(words: list[Word], *, no_speech_prob: float = 0.01, avg_logprob: float = -0.2) -> PassResult:
+    if not words:
+        return PassResult(segments=())
+    seg = Segment(0, words[0].start, words[-1].end, "".join(w.word for w in words), avg_logprob=avg_logprob,
+                  no_speech_prob=no_speech_prob, words=tuple(words))
+    return PassResult(segments=(seg,), language="en", language_probability=1.0)
+
+
+def make_policy(**overrides) -> StreamingPolicy:
+    return StreamingPolicy(StreamingConfig(**overrides), vad=EnergyVAD())
+
+
+def finals(events) -> list[str]:
+    return [e.text for e in events if e.kind == "final"]
+
+
+# -- pure helpers ---------------------------------------------------------------------------------------------
+
+
+def test_word_key_ignores_case_and_punctuation():
+    assert word_key(" Hello,") == word_key("hello") == "hello"
+    assert word_key(" don't!") == "don't"
+    assert word_key(" -") == ""
+
+
+def test_agreed_prefix_is_the_shared_leading_words():
+    assert agreed_prefix_length(["a", "b", "c"], ["a", "b", "x", "c"]) == 2
+    assert agreed_prefix_length(["a"], ["b"]) == 0
+    assert agreed_prefix_length([], ["a"]) == 0
+
+
+@pytest.mark.parametrize("committed,hypothesis,expected", [
+    (["the", "cat"], ["the", "cat", "sat"], 2),
+    (["the", "cat"], ["a", "cat", "sat"], 2),           # first word re-decoded differently
+    (["so", "the", "cat"], ["the", "cat", "sat"], 2),    # buffer start cut the first committed word
+    (["the", "cat"], ["uh", "the", "cat", "sat"], 3),    # an extra word before them
+    (["cat"], ["sat", "on"], 0),                         # nothing matches: drop nothing
+    ([], ["a"], 0),
+])
+def test_committed_prefix_is_matched_by_text(committed, hypothesis, expected):
+    assert committed_prefix_length(committed, hypothesis) == expected
+
+
+def test_repetition_loop_is_found_after_its_first_occurrence():
+    keys = "i think that we should go go go go go go".split()
+    assert find_repetition_loop(keys) == 6
+    keys = "we will see you soon see you soon see you soon see you soon".split()
+    assert find_repetition_loop(keys) == 5
+    # Three times in a row is speech ("no no no"), not a loop.
+    assert find_repetition_loop("no no no said the man".split()) is None
+
+
+def test_hallucination_phrases_are_dropped_only_on_low_speech():
+    quiet = dict(no_speech_prob=0.7, avg_logprob=-0.9)
+    for text in (" Thank you for watching!", " Thanks for watching.", " you", " Subtitles by the Amara.org community",
+                 " [BLANK_AUDIO]", " ♪ ♪", " (music)"):
+        assert is_hallucination(Segment(0, 0.0, 1.0, text, **quiet), speech_ratio=0.2), text
+    spoken = Segment(0, 0.0, 1.0, " Thank you for watching!", no_speech_prob=0.02, avg_logprob=-0.2)
+    assert not is_hallucination(spoken, speech_ratio=1.0)
+    # Whisper's own silence rule drops anything.
+    assert is_hallucination(Segment(0, 0.0, 1.0, " Hello there", no_speech_prob=0.9, avg_logprob=-1.5), 1.0)
+    assert not is_hallucination(Segment(0, 0.0, 1.0, " Hello there", no_speech_prob=0.5, avg_logprob=-0.5), 0.4)
+
+
+def test_config_rejects_impossible_values():
+    with pytest.raises(InvalidInput):
+        StreamingConfig(max_utterance_s=40)
+    with pytest.raises(InvalidInput):
+        StreamingConfig(task="summarise")
+    with pytest.raises(InvalidInput):
+        StreamingConfig(sample_rate=8000)
+
+
+# -- the policy -------------------------------------------------------------------------------------------------
+
+
+def test_silence_runs_no_pass_and_gives_no_text():
+    policy = make_policy()
+    for _ in range(120):
+        policy.push_audio(silence(0.25))
+        assert policy.next_pass() is None
+    assert policy.finish() is None
+    assert policy.committed_text == ""
+    assert policy.lag_seconds == 0.0
+    assert policy.buffered_seconds < 1.0
+
+
+def test_partial_passes_follow_speech_with_live_options():
+    policy = make_policy()
+    policy.push_audio(silence(1.0))
+    policy.push_audio(speech(0.75))
+    request = policy.next_pass()
+    assert request is not None and not request.final
+    # The buffer starts shortly before the speech, not at the stream start.
+    assert 0.7 <= request.offset <= 1.0
+    assert request.end == pytest.approx(1.75)
+    options = policy.options_for(request)
+    assert options.temperature == 0.0 and options.word_timestamps and not options.condition_on_previous_text
+    assert options.beam_size == 1
+    events = policy.apply(request, result(words_of("hello there", 1.0)), elapsed=0.1)
+    assert [(e.kind, e.text) for e in events] == [("partial", "hello there")]
+    assert policy.committed_text == ""  # a short utterance commits nothing early
+
+
+def test_agreement_commits_only_the_agreed_prefix():
+    policy = make_policy(agreement_after_s=0.0, agreement_margin_s=0.0)
+    policy.push_audio(speech(2.0))
+    first = policy.next_pass()
+    policy.apply(first, result(words_of("one two three four", 0.0)), elapsed=0.1)
+    assert policy.committed_text == ""  # one hypothesis agrees with nothing yet
+    policy.push_audio(speech(0.5))
+    second = policy.next_pass()
+    events = policy.apply(second, result(words_of("one two tree for five", 0.0)), elapsed=0.1)
+    assert finals(events) == ["one two"]
+    assert [e.text for e in events if e.kind == "partial"] == ["tree for five"]
+    assert policy.committed_text == "one two"
+
+
+def test_final_pass_at_utterance_end_commits_the_rest_minus_committed_text_despite_jitter():
+    policy = make_policy(agreement_after_s=0.0, agreement_margin_s=0.0)
+    policy.push_audio(speech(2.0))
+    policy.apply(policy.next_pass(), result(words_of("the quick brown", 0.0)), elapsed=0.1)
+    policy.push_audio(speech(0.5))
+    policy.apply(policy.next_pass(), result(words_of("the quick brown fox", 0.0)), elapsed=0.1)
+    assert policy.committed_text == "the quick brown"
+    policy.push_audio(silence(0.75))
+    final = policy.next_pass()
+    assert final is not None and final.final
+    assert policy.options_for(final).beam_size == 5
+    # The final pass re-decodes everything with timestamps shifted by 0.3 s and different punctuation.
+    events = policy.apply(final, result(words_of("The quick, brown fox jumps.", 0.3)), elapsed=0.2)
+    assert finals(events) == ["fox jumps."]
+    assert events[-1].kind == "partial" and events[-1].text == ""  # the partial is cleared
+    assert policy.committed_text == "the quick brown fox jumps."
+    assert policy.next_pass() is None
+
+
+def test_early_final_pass_in_the_pause_commits_when_the_utterance_has_closed():
+    policy = make_policy()
+    policy.push_audio(speech(1.5))
+    policy.apply(policy.next_pass(), result(words_of("hello", 0.0)), elapsed=0.1)
+    policy.push_audio(silence(0.3))
+    early = policy.next_pass()
+    assert early is not None and early.final
+    assert early.end == pytest.approx(1.5 + policy.config.speech_pad_s, abs=0.04)
+    # Audio arrives while it runs: the VAD closes the utterance before the pass is applied.
+    policy.push_audio(silence(0.3))
+    events = policy.apply(early, result(words_of("hello world", 0.0)), elapsed=0.5)
+    assert finals(events) == ["hello world"]
+    assert policy.next_pass() is None  # no second final pass
+
+
+def test_early_final_pass_overtaken_by_speech_commits_nothing():
+    policy = make_policy()
+    policy.push_audio(speech(1.5))
+    policy.push_audio(silence(0.3))
+    early = policy.next_pass()
+    assert early is not None and early.final
+    policy.push_audio(speech(1.0))  # the speaker went on
+    events = policy.apply(early, result(words_of("hello world", 0.0)), elapsed=0.5)
+    assert finals(events) == [] and policy.committed_text == ""
+    policy.push_audio(silence(0.75))
+    final = policy.next_pass()
+    assert final.final and final.end > early.end
+    assert finals(policy.apply(final, result(words_of("hello world again", 0.0)), elapsed=0.5)) == [
+        "hello world again"]
+
+
+def test_prompt_holds_only_committed_text_before_the_buffer():
+    policy = make_policy(agreement_after_s=0.0, agreement_margin_s=0.0)
+    policy.push_audio(speech(1.0))
+    policy.push_audio(silence(0.75))
+    first = policy.next_pass()
+    assert first.final and first.prompt is None
+    policy.apply(first, result(words_of("first sentence.", 0.0)), elapsed=0.1)
+    policy.push_audio(speech(2.0))
+    request = policy.next_pass()
+    assert request.prompt == "first sentence."
+    policy.apply(request, result(words_of("second one here", 1.75)), elapsed=0.1)
+    policy.push_audio(speech(0.5))
+    policy.apply(policy.next_pass(), result(words_of("second one here too", 1.75)), elapsed=0.1)
+    assert policy.committed_text == "first sentence. second one here"
+    policy.push_audio(speech(0.5))
+    # "second one here" lies inside the buffer: it must not be in the prompt.
+    assert policy.next_pass().prompt == "first sentence."
+
+
+def test_prompt_is_limited_to_the_last_characters_on_a_word_boundary():
+    policy = make_policy(prompt_chars=20)
+    policy.push_audio(speech(1.0))
+    policy.push_audio(silence(0.75))
+    policy.apply(policy.next_pass(), result(words_of("alpha beta gamma delta epsilon zeta", 0.0)), elapsed=0.1)
+    policy.push_audio(speech(1.0))
+    prompt = policy.next_pass().prompt
+    assert prompt == "delta epsilon zeta"
+
+
+def test_repetition_loop_is_never_committed_and_drops_the_prompt():
+    policy = make_policy()
+    policy.push_audio(speech(1.0))
+    policy.push_audio(silence(0.75))
+    policy.apply(policy.next_pass(), result(words_of("before.", 0.0)), elapsed=0.1)
+    policy.push_audio(speech(3.0))
+    policy.push_audio(silence(0.75))
+    final = policy.next_pass()
+    assert final.prompt == "before."
+    looped = words_of("we will go on and on and on and on and on and on and on", 1.75, spacing=0.15)
+    events = policy.apply(final, result(looped), elapsed=0.1)
+    assert finals(events) == ["we will go on and"]
+    assert "on and on" not in policy.committed_text
+
+
+def test_repetition_loop_in_a_partial_resets_the_prompt():
+    policy = make_policy()
+    policy.push_audio(speech(1.0))
+    policy.push_audio(silence(0.75))
+    policy.apply(policy.next_pass(), result(words_of("before.", 0.0)), elapsed=0.1)
+    policy.push_audio(speech(2.0))
+    partial = policy.next_pass()
+    assert partial.prompt == "before." and not partial.final
+    events = policy.apply(partial, result(words_of("yes yes yes yes yes yes", 1.75, spacing=0.2)), elapsed=0.1)
+    assert finals(events) == []
+    policy.push_audio(speech(0.5))
+    assert policy.next_pass().prompt is None
+
+
+def test_hallucination_on_low_speech_audio_is_dropped_by_the_policy():
+    policy = make_policy()
+    policy.push_audio(speech(1.0))
+    policy.push_audio(silence(0.75))
+    final = policy.next_pass()
+    events = policy.apply(final, result(words_of("Thanks for watching!", 0.0), no_speech_prob=0.7,
+                                        avg_logprob=-1.2), elapsed=0.1)
+    assert finals(events) == [] and policy.committed_text == ""
+    assert all(not e.text for e in events)
+
+
+def test_adaptive_step_grows_when_passes_are_slower_than_real_time():
+    policy = make_policy(min_step_s=0.5)
+    policy.push_audio(speech(1.0))
+    request = policy.next_pass()
+    policy.apply(request, result(words_of("slow", 0.0)), elapsed=2.0)
+    assert policy.step_seconds >= 2.0
+    policy.push_audio(speech(1.0))
+    assert policy.next_pass() is None  # 1 s of new audio is less than the grown step
+    policy.push_audio(speech(1.0))
+    assert policy.next_pass() is not None
+    # ... and shrinks back when passes get fast again.
+    for _ in range(20):
+        policy.push_audio(speech(0.5))
+        request = policy.next_pass()
+        if request is not None:
+            policy.apply(request, result(words_of("fast", 0.0)), elapsed=0.1)
+    assert policy.step_seconds == pytest.approx(0.5)
+
+
+def test_lag_is_the_audio_not_yet_heard_by_a_pass():
+    policy = make_policy()
+    policy.push_audio(speech(1.0))
+    request = policy.next_pass()
+    policy.push_audio(speech(2.0))  # arrived while the pass ran
+    policy.apply(request, result(words_of("a", 0.0)), elapsed=2.0)
+    assert policy.lag_seconds == pytest.approx(2.0, abs=0.01)
+
+
+def test_stop_flushes_the_open_utterance_as_final():
+    policy = make_policy()
+    policy.push_audio(speech(2.0))
+    policy.apply(policy.next_pass(), result(words_of("almost done", 0.0)), elapsed=0.1)
+    request = policy.finish()
+    assert request is not None and request.final
+    events = policy.apply(request, result(words_of("almost done now", 0.0)), elapsed=0.1)
+    assert finals(events) == ["almost done now"]
+    assert policy.finish() is None
+    with pytest.raises(InvalidInput):
+        policy.push_audio(speech(0.5))
+
+
+# -- long sessions: scripted "true" speech with jittered hypotheses --------------------------------------------
+
+
+class ScriptedSpeaker:
+    """A continuous talker: word i spans [i * spacing, i * spacing + 0.3] s; every 9th word ends a sentence.
+
+    Each pass hears the words wholly inside its audio, with jittered times, and now and then mis-hears the
+    last word (which an agreement must then not commit).
+    """
+
+    def __init__(self, vocabulary: list[str], seed: int = 1, spacing: float = 0.4) -> None:
+        self.vocabulary = vocabulary
+        self.spacing = spacing
+        self.rng = random.Random(seed)
+
+    def word(self, i: int) -> str:
+        text = self.vocabulary[i % len(self.vocabulary)]
+        return text + "." if i % 9 == 8 else text
+
+    def truth(self, until: float) -> list[str]:
+        return [word_key(self.word(i)) for i in range(int((until - 0.3) / self.spacing) + 1)]
+
+    def hear(self, request: PassRequest) -> PassResult:
+        words = []
+        i = max(0, int(request.offset / self.spacing))
+        while i * self.spacing + 0.3 <= request.end:
+            start = i * self.spacing
+            if start >= request.offset - 0.05:
+                jitter = self.rng.uniform(-0.08, 0.08)
+                text = self.word(i)
+                if i * self.spacing + 0.3 > request.end - 0.4 and self.rng.random() < 0.5:
+                    text = "mumble"
+                words.append(Word(start + jitter, start + 0.3 + jitter, " " + text, 0.9))
+            i += 1
+        return result(words)
+
+
+@pytest.mark.parametrize("vocabulary", [
+    [f"w{i}" for i in range(1000)],                                   # every word distinct
+    "the cat sat on the mat and the dog ate it".split(),             # many repeats, to tempt the text matcher
+])
+def test_long_session_keeps_the_buffer_bounded_and_commits_every_word_once(vocabulary):
+    policy = make_policy(max_utterance_s=10.0, agreement_after_s=4.0)
+    speaker = ScriptedSpeaker(vocabulary)
+    history: list[str] = []
+    longest_pass = 0.0
+    for _ in range(int(120 / 0.25)):  # two minutes without a pause
+        policy.push_audio(speech(0.25))
+        request = policy.next_pass()
+        if request is None:
+            continue
+        longest_pass = max(longest_pass, request.audio.size / SR)
+        for event in policy.apply(request, speaker.hear(request), elapsed=0.3):
+            if event.kind == "final":
+                history.append(event.text)
+        assert policy.buffered_seconds <= 10.0 + 1.0
+    while (request := policy.finish()) is not None:
+        for event in policy.apply(request, speaker.hear(request), elapsed=0.3):
+            if event.kind == "final":
+                history.append(event.text)
+
+    assert longest_pass <= 10.0 + 1.0
+    assert len(history) > 5  # committed along the way, not only at stop
+    committed = [word_key(w) for w in policy.committed_text.split()]
+    assert committed == speaker.truth(policy.audio_seconds)
+    assert " ".join(history) == policy.committed_text
+
+
+def test_commits_are_never_retracted_or_repeated_under_random_hypotheses():
+    rng = random.Random(7)
+    vocabulary = "alpha beta gamma delta epsilon".split()
+    for trial in range(20):
+        policy = make_policy(agreement_after_s=rng.choice([0.0, 2.0, 8.0]), agreement_margin_s=0.0,
+                             max_utterance_s=6.0)
+        previous = ""
+        concatenated = []
+        for step in range(80):
+            policy.push_audio(speech(0.25) if rng.random() < 0.8 else silence(0.25))
+            request = policy.next_pass() or (policy.finish() if step == 79 else None)
+            while request is not None:
+                n = int(request.audio.size / SR / 0.4)
+                words = words_of(" ".join(rng.choice(vocabulary) for _ in range(n)), request.offset)
+                for event in policy.apply(request, result(words), elapsed=rng.uniform(0.05, 1.0)):
+                    if event.kind == "final":
+                        assert event.text
+                        concatenated.append(event.text)
+                        assert policy.committed_text.startswith(previous), trial
+                        previous = policy.committed_text
+                request = policy.finish() if step == 79 else None
+        assert " ".join(concatenated) == policy.committed_text
