@@ -52,8 +52,8 @@ def create_app(settings: Settings | None = None, *, appliance: Appliance | None 
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Strict",
         SESSION_COOKIE_NAME="wa_session",
-        JSON_SORT_KEYS=False,
     )
+    app.json.sort_keys = False  # keep documented field order in replies
     app.extensions["appliance"] = appliance
     http.install(app)
     http.limiter.init_app(app)

@@ -84,7 +84,7 @@ class ServerProcess:
                 last = r.status_code
                 if r.status_code == 200 or (not ready and r.status_code == 503):
                     return
-            except requests.RequestException as exc:
+            except (requests.RequestException, OSError) as exc:  # OSError: the certificate is not written yet
                 last = exc
             time.sleep(0.25)
         raise RuntimeError(f"server not up after {timeout} s (last: {last}):\n{self.log()[-5000:]}")

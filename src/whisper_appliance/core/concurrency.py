@@ -61,8 +61,14 @@ def start_os_thread(target: Callable[..., Any], *, name: str, args: tuple = ()) 
 
 
 def wait_blocking(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Call ``fn`` (which may block on a real lock/event) without blocking the event loop."""
-    if _eventlet_active:
+    """Call ``fn`` (which may block on a real lock/event) without blocking the event loop.
+
+    Only the event loop's own thread (the main thread) hands the call to ``eventlet.tpool``; any other OS thread
+    (inference, model loading, readers) may simply block, and must: eventlet's events cannot wake a waiter that
+    lives on another thread's hub.
+    """
+    threading = real_threading()
+    if _eventlet_active and threading.current_thread() is threading.main_thread():
         tpool = importlib.import_module("eventlet.tpool")
         return tpool.execute(fn, *args, **kwargs)
     return fn(*args, **kwargs)

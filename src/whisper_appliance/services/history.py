@@ -83,6 +83,8 @@ class HistoryEntry:
 
 
 ENTRY_FIELDS = tuple(f.name for f in fields(HistoryEntry))
+MAX_ID = 2 ** 63 - 1  # SQLite's INTEGER range: larger ids cannot exist
+MAX_STATS_DAYS = 36_600
 _COLUMNS = ", ".join(f"h.{name}" for name in ENTRY_FIELDS)
 
 
@@ -298,9 +300,15 @@ def _parse_filter(name: str, text: str) -> datetime:
 def _page_bounds(limit: int, offset: int) -> tuple[int, int]:
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
         raise InvalidInput(f"limit must be between 1 and {MAX_PAGE}")
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        raise InvalidInput("offset must be 0 or more")
+    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= MAX_ID:
+        raise InvalidInput("offset must be 0 or more (and fit in 64 bits)")
     return limit, offset
+
+
+def _check_id(entry_id: int) -> None:
+    """Ids outside SQLite's INTEGER range cannot exist (and would overflow the driver): a plain 404."""
+    if not 0 < entry_id <= MAX_ID:
+        raise NotFound(f"history entry {entry_id} not found")
 
 
 def _csv_cell(value: Any) -> str:
@@ -402,6 +410,7 @@ class HistoryStore:
         if not isinstance(text, str):
             raise InvalidInput("text must be a string")
         with self.db.write() as conn:
+            _check_id(entry_id)
             cur = conn.execute("UPDATE history SET text = ? WHERE id = ?", (text.translate(_MARKERS), entry_id))
             if cur.rowcount == 0:
                 raise NotFound(f"history entry {entry_id} not found")
@@ -410,6 +419,7 @@ class HistoryStore:
     def delete(self, entry_id: int) -> None:
         """Delete one entry (and, by cascade, the job whose result it was)."""
         with self.db.write() as conn:
+            _check_id(entry_id)
             if conn.execute("DELETE FROM history WHERE id = ?", (entry_id,)).rowcount == 0:
                 raise NotFound(f"history entry {entry_id} not found")
 
@@ -424,6 +434,7 @@ class HistoryStore:
 
     @staticmethod
     def _get(conn: sqlite3.Connection, entry_id: int) -> HistoryEntry:
+        _check_id(entry_id)
         row = conn.execute(f"SELECT {_COLUMNS} FROM history AS h WHERE h.id = ?", (entry_id,)).fetchone()
         if row is None:
             raise NotFound(f"history entry {entry_id} not found")
@@ -477,8 +488,8 @@ class HistoryStore:
 
     def stats(self, days: int = 30) -> dict[str, Any]:
         """Totals, counts by source and by model, and entries per UTC day over the last ``days`` days."""
-        if isinstance(days, bool) or not isinstance(days, int) or days < 1:
-            raise InvalidInput("days must be 1 or more")
+        if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_STATS_DAYS:
+            raise InvalidInput(f"days must be between 1 and {MAX_STATS_DAYS}")
         today = datetime.now(UTC).date()
         first = today - timedelta(days=days - 1)
         with self.db.read() as conn:

@@ -143,8 +143,8 @@ class JobStore:
             raise InvalidInput(f"status {status!r} is not one of {', '.join(STATUSES)}")
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
             raise InvalidInput(f"limit must be between 1 and {MAX_PAGE}")
-        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-            raise InvalidInput("offset must be 0 or more")
+        if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= 2 ** 62:
+            raise InvalidInput("offset must be between 0 and 2**62")
         condition, params = ("WHERE status = ?", [status]) if status else ("", [])
         with self.db.read() as conn:
             rows = conn.execute(f"SELECT {_COLUMNS} FROM jobs {condition} ORDER BY created_at DESC, rowid DESC "

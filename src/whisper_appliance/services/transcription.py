@@ -192,12 +192,14 @@ class TranscriptionService:
         status = self.models.status()
         timestamp = utc_now()
         history_id = None
+        # History has no column for it; kept in metadata so results rebuilt from history (cache, jobs) carry it.
+        metadata = {"language_probability": round(transcript.language_probability, 4), **(metadata or {})}
         if self.history is not None:
             entry = self.history.add(
                 source=source, filename=filename, text=transcript.text, language=transcript.language,
                 model=status.name, engine=status.engine, duration=transcript.duration,
                 processing_seconds=processing_seconds, segments=[s.to_dict() for s in transcript.segments],
-                audio_sha256=audio_sha256, metadata=metadata or {},
+                audio_sha256=audio_sha256, metadata=metadata,
                 options_key=make_options_key(options) if options is not None else None, created_at=timestamp)
             history_id = entry.id
         if self.metrics is not None:
@@ -207,7 +209,7 @@ class TranscriptionService:
         return TranscriptionResult(transcript=transcript, model=status.name, engine=status.engine,
                                    processing_seconds=processing_seconds, timestamp=timestamp,
                                    history_id=history_id, cached=False, audio_sha256=audio_sha256 or "",
-                                   metadata=metadata or {})
+                                   metadata=metadata)
 
     def detect_language(self, spooled: SpooledAudio) -> LanguageDetection:
         self.ready_model()

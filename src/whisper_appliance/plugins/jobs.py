@@ -1,0 +1,131 @@
+"""Async transcription jobs: ``/api/jobs`` (submit, status, result, cancel, list) and the ``join_job`` event.
+
+Thin: parse the request, authorise it, call ``JobQueue`` (services/jobs.py), shape the reply. Progress reaches
+Socket.IO clients through the event bus (room ``job:<id>``), never by emitting from a worker thread.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Flask, Response, jsonify, request
+from flask_socketio import SocketIO, emit, join_room, leave_room
+
+from ..core.errors import ApplianceError, InvalidInput
+from ..core.options import parse_options
+from ..http import appliance, formatted_response, require_access, safe_filename, uploaded_file
+from ..services.job_store import MAX_PAGE, STATUSES
+from ..services.jobs import JobQueue, job_room
+from .upload import FILE_FIELDS, parse_line_width, parse_output
+
+bp = Blueprint("jobs", __name__)
+
+MAX_JOB_ID = 64
+
+
+def jobs() -> JobQueue:
+    return appliance().extras["jobs"]
+
+
+def parse_page(value: str | None, name: str, default: int, lo: int, hi: int | None) -> int:
+    if value in (None, ""):
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise InvalidInput(f"{name} must be a whole number, got {value!r}") from None
+    if number < lo or (hi is not None and number > hi):
+        bounds = f"between {lo} and {hi}" if hi is not None else f"{lo} or more"
+        raise InvalidInput(f"{name} must be {bounds}, got {number}")
+    return number
+
+
+@bp.post("/api/jobs")
+@require_access
+def submit() -> Response:
+    a = appliance()
+    storage = uploaded_file(*FILE_FIELDS)
+    options = parse_options(request.form)
+    fmt = parse_output(request.form.get("output"))
+    filename = safe_filename(storage.filename)
+    with a.transcription.spooled(storage.stream, filename) as spooled:
+        view = jobs().submit(spooled, options, output=fmt, requested_model=request.form.get("model") or None)
+    body = {"job_id": view.job_id, "status": view.status, "links": view.links}
+    if view.cached:
+        body["cached"] = True
+    resp = jsonify(body)
+    resp.status_code = 202
+    resp.headers["Location"] = view.links["self"]
+    return resp
+
+
+@bp.get("/api/jobs")
+@require_access
+def list_jobs() -> Response:
+    status = request.args.get("status") or None
+    if status is not None and status not in STATUSES:
+        raise InvalidInput(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
+    limit = parse_page(request.args.get("limit"), "limit", 50, 1, MAX_PAGE)
+    offset = parse_page(request.args.get("offset"), "offset", 0, 0, None)
+    views = jobs().list(status, limit, offset)
+    return jsonify({"jobs": [v.to_dict() for v in views], "limit": limit, "offset": offset})
+
+
+@bp.get("/api/jobs/<job_id>")
+@require_access
+def get_job(job_id: str) -> Response:
+    return jsonify(jobs().get(job_id).to_dict())
+
+
+@bp.get("/api/jobs/<job_id>/result")
+@require_access
+def job_result(job_id: str) -> Response:
+    finished = jobs().result(job_id)
+    fmt = parse_output(request.args.get("format") or finished.output)
+    if fmt == "json":
+        return jsonify(finished.result.to_dict(words=finished.word_timestamps))
+    return formatted_response(finished.result.transcript, fmt, finished.filename,
+                              max_line_width=parse_line_width(request.args.get("max_line_width")))
+
+
+@bp.delete("/api/jobs/<job_id>")
+@require_access
+def delete_job(job_id: str) -> Response:
+    view, deleted = jobs().cancel(job_id)
+    body = view.to_dict()
+    body["deleted"] = deleted
+    return jsonify(body)
+
+
+def _join_job(data: Any = None) -> dict[str, Any]:
+    job_id = data.get("job_id") if isinstance(data, dict) else None
+    try:
+        if not isinstance(job_id, str) or not job_id or len(job_id) > MAX_JOB_ID:
+            raise InvalidInput("join_job needs {\"job_id\": \"<id>\"}")
+        view = jobs().get(job_id, with_result=False)
+    except ApplianceError as err:
+        payload = {"job_id": job_id if isinstance(job_id, str) else None, **err.to_dict()}
+        emit("job_error", payload)
+        return payload
+    join_room(job_room(view.job_id))
+    payload = view.event()
+    emit("job_progress", payload)
+    return {"ok": True, **payload}
+
+
+def _leave_job(data: Any = None) -> dict[str, Any]:
+    job_id = data.get("job_id") if isinstance(data, dict) else None
+    if isinstance(job_id, str) and job_id and len(job_id) <= MAX_JOB_ID:
+        leave_room(job_room(job_id))
+        return {"ok": True, "job_id": job_id}
+    return InvalidInput("leave_job needs {\"job_id\": \"<id>\"}").to_dict()
+
+
+def init_app(app: Flask, socketio: SocketIO) -> None:
+    a = app.extensions["appliance"]
+    queue = JobQueue(a.settings, a.job_store, a.transcription, a.scheduler, a.events)
+    a.extras["jobs"] = queue
+    queue.start()
+    app.register_blueprint(bp)
+    socketio.on_event("join_job", _join_job)
+    socketio.on_event("leave_job", _leave_job)

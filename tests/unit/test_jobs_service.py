@@ -1,0 +1,370 @@
+"""JobQueue around a fake engine: ordering, cancellation, progress, resume, cache and file clean-up.
+
+The scheduler, job store, history store and transcription service are the real ones on a temporary SQLite file;
+only the engine (and the model manager handing it out) is fake, and it produces one segment per second of audio.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from whisper_appliance.core.config import Settings
+from whisper_appliance.core.engines.base import Engine
+from whisper_appliance.core.errors import ApplianceError, AudioDecodeError, NotFound
+from whisper_appliance.core.records import LanguageDetection, Segment, TranscribeOptions, TranscriptionInfo
+from whisper_appliance.services.database import Database
+from whisper_appliance.services.history import HistoryStore
+from whisper_appliance.services.job_store import JobStore
+from whisper_appliance.services.jobs import JobQueue, estimate_eta, upload_extension
+from whisper_appliance.services.model_manager import ModelStatus
+from whisper_appliance.services.scheduler import InferenceScheduler, Priority
+from whisper_appliance.services.transcription import TranscriptionService, spool_upload
+
+SR = 16_000
+FAIL_SECONDS = 2.0  # the fake engine fails on audio of exactly this length
+
+
+class FakeEngine(Engine):
+    engine_name = "fake"
+
+    def __init__(self, delay: float) -> None:
+        super().__init__("fake-model", "cpu", "int8")
+        self.delay = delay
+        self.segments_made = 0
+
+    def transcribe(self, audio: np.ndarray, options: TranscribeOptions):
+        duration = len(audio) / SR
+        if abs(duration - FAIL_SECONDS) < 1e-6:
+            raise RuntimeError("the fake engine refuses this audio")
+
+        def segments() -> Iterator[Segment]:
+            for i in range(int(np.ceil(duration))):
+                time.sleep(self.delay)
+                self.segments_made += 1
+                yield Segment(id=i, start=float(i), end=min(duration, i + 1.0), text=f" word{i}")
+
+        return segments(), TranscriptionInfo(language="en", language_probability=1.0, duration=duration)
+
+    def detect_language(self, audio: np.ndarray) -> LanguageDetection:
+        return LanguageDetection("en", 1.0)
+
+
+class FakeModels:
+    def __init__(self, engine: FakeEngine) -> None:
+        self.engine = engine
+        self.generation = 1
+
+    def status(self) -> ModelStatus:
+        return ModelStatus(name="fake-model", engine="fake", device="cpu", compute_type="int8", state="ready",
+                           generation=1)
+
+    @contextmanager
+    def use(self, timeout: float | None = None):
+        yield self.engine
+
+
+class Recorder:
+    """An event bus that keeps every event (the real one coalesces, which is what the pump wants)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, Any], str | None]] = []
+        self._lock = threading.Lock()
+
+    def publish(self, name: str, data: dict[str, Any], *, room: str | None = None, coalesce: Any = None) -> None:
+        with self._lock:
+            self.events.append((name, dict(data), room))
+
+    def for_job(self, job_id: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [d for n, d, room in self.events if n == "job_progress" and room == f"job:{job_id}"]
+
+
+class Env:
+    def __init__(self, tmp: Path, delay: float = 0.01) -> None:
+        self.tmp = tmp
+        self.settings = Settings(data_dir=tmp / "data")
+        self.db = Database(self.settings.data_dir / "appliance.db")
+        self.store = JobStore(self.db)
+        self.history = HistoryStore(self.db)
+        self.engine = FakeEngine(delay)
+        self.models = FakeModels(self.engine)
+        self.scheduler = InferenceScheduler(self.models)
+        self.scheduler.start()
+        self.transcription = TranscriptionService(self.settings, self.models, self.scheduler, self.history)
+        self.events = Recorder()
+        self.queue = self.new_queue()
+        self._n = 0
+
+    def new_queue(self) -> JobQueue:
+        queue = JobQueue(self.settings, self.store, self.transcription, self.scheduler, self.events)
+        queue.start()
+        return queue
+
+    def wav(self, seconds: float, name: str | None = None) -> Path:
+        """A distinct WAV of ``seconds`` (each call different noise, so the result cache never mixes them)."""
+        self._n += 1
+        rng = np.random.default_rng(self._n)
+        path = self.tmp / (name or f"audio{self._n}.wav")
+        sf.write(path, (rng.standard_normal(int(seconds * SR)) * 0.01).astype(np.float32), SR)
+        return path
+
+    def submit(self, path: Path, options: TranscribeOptions | None = None, **kwargs: Any):
+        with open(path, "rb") as f:
+            spooled = spool_upload(f, self.settings.data_dir / "tmp", path.name, 10 * 1024 ** 2)
+        try:
+            return self.queue.submit(spooled, options or TranscribeOptions(), **kwargs)
+        finally:
+            spooled.path.unlink(missing_ok=True)  # what TranscriptionService.spooled does after the request
+
+    def wait(self, job_id: str, statuses: tuple[str, ...] = ("completed", "failed", "cancelled"),
+             timeout: float = 10.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            view = self.queue.get(job_id)
+            if view.status in statuses:
+                return view
+            time.sleep(0.005)
+        raise AssertionError(f"job {job_id} still {self.queue.get(job_id).status} after {timeout} s")
+
+    def job_files(self, *, settle: float = 1.0) -> list[Path]:
+        """Files under DATA_DIR/jobs; waits up to ``settle`` s for them to go (removal follows the status)."""
+        jobs_dir = self.settings.data_dir / "jobs"
+        deadline = time.monotonic() + settle
+        while True:
+            files = sorted(jobs_dir.iterdir()) if jobs_dir.exists() else []
+            if not files or time.monotonic() >= deadline:
+                return files
+            time.sleep(0.005)
+
+    def close(self) -> None:
+        self.queue.stop()
+        self.scheduler.stop()
+        self.db.close()
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    e = Env(tmp_path)
+    yield e
+    e.close()
+
+
+def block_scheduler(scheduler: InferenceScheduler) -> threading.Event:
+    """Occupy the inference thread until the returned gate is set."""
+    gate = threading.Event()
+    ticket = scheduler.submit(lambda engine: gate.wait(10), Priority.LIVE, label="blocker")
+    deadline = time.monotonic() + 5
+    while scheduler.position(ticket) != 0 and time.monotonic() < deadline:
+        time.sleep(0.002)
+    return gate
+
+
+# -- pure helpers ---------------------------------------------------------------------------------------------
+def test_upload_extension_takes_only_a_plain_suffix():
+    assert upload_extension("talk.MP3") == ".mp3"
+    assert upload_extension("../../etc/passwd") == ".audio"
+    assert upload_extension("x.tar;rm -rf") == ".audio"
+    assert upload_extension(None) == ".audio"
+
+
+def test_eta_extrapolates_processing_time():
+    assert estimate_eta(2.0, 0.5) == 2.0
+    assert estimate_eta(1.0, 0.25) == 3.0
+    assert estimate_eta(5.0, 0.0) is None
+    assert estimate_eta(5.0, 1.0) == 0.0
+
+
+# -- running --------------------------------------------------------------------------------------------------
+def test_job_completes_into_history_and_its_file_is_deleted(env):
+    gate = block_scheduler(env.scheduler)
+    try:
+        view = env.submit(env.wav(3.0, "talk.wav"), output="srt")
+        assert view.status == "queued"
+        assert [p.name for p in env.job_files(settle=0)] == [f"{view.job_id}.wav"]
+        assert not list((env.settings.data_dir / "tmp").iterdir()), "the request's temp file is not the job's"
+    finally:
+        gate.set()
+    done = env.wait(view.job_id)
+    assert done.status == "completed"
+    assert done.progress == 1.0 and done.eta_seconds == 0.0
+    entry = env.history.get(done.history_id)
+    assert entry.source == "job" and entry.filename == "talk.wav"
+    assert entry.text == "word0 word1 word2"
+    assert done.result["text"] == "word0 word1 word2" and done.result["cached"] is False
+    assert env.job_files() == []
+    finished = env.queue.result(view.job_id)
+    assert finished.output == "srt" and len(finished.result.transcript.segments) == 3
+
+
+def test_progress_is_monotonic_up_to_one_and_the_final_status_is_published(env):
+    view = env.submit(env.wav(12.0))
+    env.wait(view.job_id)
+    events = env.events.for_job(view.job_id)
+    progress = [e["progress"] for e in events if e["status"] == "processing"]
+    assert len(progress) >= 3
+    assert progress == sorted(progress)
+    assert progress[-1] == 1.0
+    assert events[-1]["status"] == "completed" and events[-1]["history_id"] is not None
+    stored = env.store.get(view.job_id)
+    assert stored.progress == 1.0 and stored.attempts == 1
+
+
+def test_short_job_submitted_later_finishes_first(env):
+    env.engine.delay = 0.02
+    long = env.submit(env.wav(40.0))
+    # Let the long job start, so the short one has to overtake it between segments.
+    deadline = time.monotonic() + 5
+    while env.queue.get(long.job_id).progress == 0.0 and time.monotonic() < deadline:
+        time.sleep(0.002)
+    short = env.submit(env.wav(3.0))
+    short_done = env.wait(short.job_id)
+    assert env.queue.get(long.job_id).status == "processing"
+    long_done = env.wait(long.job_id)
+    assert short_done.status == long_done.status == "completed"
+    assert short_done.history_id < long_done.history_id
+
+
+def test_waiting_jobs_report_their_queue_position(env):
+    gate = block_scheduler(env.scheduler)
+    try:
+        long = env.submit(env.wav(8.0))
+        short = env.submit(env.wav(2.5))
+        assert env.queue.get(short.job_id).queue_position == 1
+        assert env.queue.get(long.job_id).queue_position == 2
+        assert env.queue.counts()["queued"] == 2
+    finally:
+        gate.set()
+    assert env.wait(long.job_id).queue_position is None
+    assert env.queue.counts() == {"queued": 0, "processing": 0, "completed": 2, "failed": 0, "cancelled": 0}
+
+
+def test_cancel_a_queued_job(env):
+    gate = block_scheduler(env.scheduler)
+    try:
+        view = env.submit(env.wav(5.0))
+        cancelled, deleted = env.queue.cancel(view.job_id)
+        assert cancelled.status == "cancelled" and deleted is False
+        assert env.job_files() == []
+    finally:
+        gate.set()
+    time.sleep(0.3)
+    assert env.queue.get(view.job_id).status == "cancelled"
+    assert env.engine.segments_made == 0
+    assert env.history.search().total == 0
+    assert env.events.for_job(view.job_id)[-1]["status"] == "cancelled"
+
+
+def test_cancel_a_running_job_stops_it_at_the_next_segment(env):
+    env.engine.delay = 0.05
+    view = env.submit(env.wav(60.0))
+    env.wait(view.job_id, ("processing",))
+    deadline = time.monotonic() + 5
+    while env.queue.get(view.job_id).progress == 0.0 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    cancelled, _ = env.queue.cancel(view.job_id)
+    assert cancelled.status == "cancelled"
+    assert env.job_files() == []
+    time.sleep(0.5)
+    assert env.engine.segments_made < 60
+    assert env.queue.get(view.job_id).status == "cancelled"
+    assert env.history.search().total == 0
+    # The inference thread is free again.
+    assert env.wait(env.submit(env.wav(1.0)).job_id).status == "completed"
+
+
+def test_deleting_a_finished_job_removes_its_record_but_not_its_history(env):
+    view = env.wait(env.submit(env.wav(1.0)).job_id)
+    gone, deleted = env.queue.cancel(view.job_id)
+    assert deleted is True and gone.status == "completed"
+    with pytest.raises(NotFound):
+        env.queue.get(view.job_id)
+    assert env.history.get(view.history_id).text == "word0"
+
+
+def test_result_is_409_until_finished_and_gone_with_its_history_entry(env):
+    gate = block_scheduler(env.scheduler)
+    try:
+        view = env.submit(env.wav(2.5))
+        with pytest.raises(ApplianceError) as err:
+            env.queue.result(view.job_id)
+        assert err.value.status == 409 and err.value.code == "job_not_finished"
+    finally:
+        gate.set()
+    done = env.wait(view.job_id)
+    assert env.queue.result(view.job_id).result.history_id == done.history_id
+    env.history.delete(done.history_id)
+    with pytest.raises(NotFound, match="history entry"):
+        env.queue.result(view.job_id)
+
+
+def test_engine_failure_fails_the_job_with_a_message_and_deletes_the_file(env):
+    view = env.submit(env.wav(FAIL_SECONDS))
+    done = env.wait(view.job_id)
+    assert done.status == "failed"
+    assert done.error["code"] == "job_failed" and "refuses this audio" in done.error["message"]
+    assert env.job_files() == []
+    with pytest.raises(ApplianceError) as err:
+        env.queue.result(view.job_id)
+    assert err.value.status == 409
+
+
+def test_identical_upload_completes_at_once_from_the_cache(env):
+    audio = env.wav(4.0)
+    first = env.wait(env.submit(audio).job_id)
+    made = env.engine.segments_made
+    second = env.submit(audio)
+    assert second.status == "completed" and second.cached is True
+    assert second.history_id == first.history_id
+    assert env.engine.segments_made == made
+    assert env.job_files() == []
+    assert env.queue.get(second.job_id).result["cached"] is True
+    # Other options are another result.
+    third = env.submit(audio, TranscribeOptions(beam_size=1))
+    assert third.status == "queued" and third.cached is False
+    env.wait(third.job_id)
+
+
+def test_not_audio_is_refused_before_a_job_exists(env):
+    bogus = env.tmp / "notes.wav"
+    bogus.write_bytes(b"this is not audio at all " * 100)
+    with pytest.raises(AudioDecodeError):
+        env.submit(bogus)
+    assert env.store.list() == []
+    assert env.job_files() == []
+
+
+# -- restarts -------------------------------------------------------------------------------------------------
+def test_unfinished_jobs_resume_after_a_restart(env):
+    env.queue.stop()
+    jobs_dir = env.settings.data_dir / "jobs"
+    jobs_dir.mkdir(parents=True, exist_ok=True)
+    options = {"transcribe": {"language": "en", "beam_size": 1}, "output": "txt", "audio_sha256": ""}
+
+    def stored_job(job_id: str, seconds: float | None) -> None:
+        path = jobs_dir / f"{job_id}.wav"
+        if seconds is not None:
+            env.wav(seconds).rename(path)
+        env.store.create(f"{job_id}.wav", str(path), options, duration=seconds, job_id=job_id)
+
+    stored_job("interrupted", 3.0)
+    env.store.mark_processing("interrupted")  # the process died while it ran
+    stored_job("waiting", 2.5)
+    stored_job("lost", None)  # its file vanished with the crash
+    (jobs_dir / "0123abcd.mp3").write_bytes(b"left by a crash after its job completed")
+
+    queue = env.queue = env.new_queue()
+    interrupted, waiting, lost = (env.wait(j) for j in ("interrupted", "waiting", "lost"))
+    assert interrupted.status == "completed" and interrupted.result["text"] == "word0 word1 word2"
+    assert env.store.get("interrupted").attempts == 2
+    assert waiting.status == "completed" and queue.result("waiting").output == "txt"
+    assert lost.status == "failed" and "missing" in lost.error["message"]
+    assert env.job_files() == []
