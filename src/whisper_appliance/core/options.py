@@ -10,17 +10,11 @@ from typing import Any, Mapping
 
 from .config import parse_bool
 from .errors import InvalidInput
+from .languages import LANGUAGE_NAMES
 from .records import TASKS, TranscribeOptions
 
-# Whisper's language codes (the tokenizer's list), so a typo is a clear 400 instead of a model error.
-LANGUAGES: tuple[str, ...] = (
-    "af", "am", "ar", "as", "az", "ba", "be", "bg", "bn", "bo", "br", "bs", "ca", "cs", "cy", "da", "de", "el",
-    "en", "es", "et", "eu", "fa", "fi", "fo", "fr", "gl", "gu", "ha", "haw", "he", "hi", "hr", "ht", "hu", "hy",
-    "id", "is", "it", "ja", "jw", "ka", "kk", "km", "kn", "ko", "la", "lb", "ln", "lo", "lt", "lv", "mg", "mi",
-    "mk", "ml", "mn", "mr", "ms", "mt", "my", "ne", "nl", "nn", "no", "oc", "pa", "pl", "ps", "pt", "ro", "ru",
-    "sa", "sd", "si", "sk", "sl", "sn", "so", "sq", "sr", "su", "sv", "sw", "ta", "te", "tg", "th", "tk", "tl",
-    "tr", "tt", "uk", "ur", "uz", "vi", "yi", "yo", "yue", "zh",
-)
+# Whisper's language codes, so a typo is a clear 400 instead of a model error.
+LANGUAGES: tuple[str, ...] = tuple(LANGUAGE_NAMES)
 MAX_PROMPT_CHARS = 2000
 
 
