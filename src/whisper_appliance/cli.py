@@ -1,7 +1,7 @@
 """Command line of the appliance (``python src/main.py ...``): serve, transcribe, models, bench.
 
 Settings come from ``Settings.from_env()``; flags override them. Errors the appliance knows about
-(``ApplianceError``) print one line on stderr and exit with 2 (bad input) or 1 (anything else), without a
+(``ApplianceError``) print one line on stderr and exit with 2 (the input was wrong: a 4xx error) or 1 (anything else), without a
 traceback. Progress bars go to stderr, and only when stderr is a terminal.
 """
 
@@ -322,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args, settings) or 0)
     except ApplianceError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
-        return 2 if isinstance(exc, InvalidInput) else 1
+        return 2 if 400 <= exc.status < 500 else 1  # the input was wrong vs. something else failed
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

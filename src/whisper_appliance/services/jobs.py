@@ -39,7 +39,7 @@ from ..core.engines.base import Engine
 from ..core.errors import ApplianceError, Cancelled, InvalidInput, NotFound
 from ..core.options import check_language_for_model
 from ..core.records import SAMPLE_RATE, TranscribeOptions, Transcript
-from .job_store import STATUSES, Job, JobStore
+from .job_store import Job, JobStore
 from .scheduler import InferenceScheduler, Priority, Ticket
 from .transcription import SpooledAudio, TranscriptionResult, TranscriptionService
 

@@ -35,6 +35,7 @@ class Engine(ABC):
     def detect_language(self, audio: np.ndarray) -> LanguageDetection:
         """Most likely spoken language of the first 30 s, with the top candidates."""
 
+    @abstractmethod
     def close(self) -> None:
         """Release the model's memory. The engine is unusable afterwards."""
 
