@@ -201,7 +201,7 @@ def formatted_response(transcript: Any, fmt: str, filename: str | None, *, max_l
     return resp
 
 
-def uploaded_file(*field_names: str) -> Any:
+def uploaded_file(*field_names: str, what: str = "audio file") -> Any:
     """The first file among ``field_names`` in a multipart request, else a 400 naming the fields.
 
     Emptiness is checked while spooling (``spool_upload``), where the bytes are actually read.
@@ -213,4 +213,15 @@ def uploaded_file(*field_names: str) -> Any:
         if storage is not None:
             return storage
     wanted = " or ".join(repr(n) for n in field_names)
-    raise InvalidInput(f"no audio file: send it as multipart/form-data in the field {wanted}", code="missing_file")
+    raise InvalidInput(f"no {what}: send it as multipart/form-data in the field {wanted}", code="missing_file")
+
+
+def request_json() -> dict[str, Any]:
+    """The request body as a JSON object, else a 400 that says what was expected."""
+    from .core.errors import InvalidInput
+
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise InvalidInput("the request body must be a JSON object (Content-Type: application/json)",
+                           code="invalid_json")
+    return data

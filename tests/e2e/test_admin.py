@@ -1,0 +1,237 @@
+"""The admin API on the real server: login, CSRF, API tokens, the generated password, model management.
+
+Tests that lock out logins or switch models run on their own servers (``start_server``), so the shared one
+keeps its model and accepts the other tests' logins. Nothing here deletes weights: MODELS_DIR is the checkout's.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import requests
+import socketio
+
+from tests.conftest import SPEECH_DIR
+from tests.e2e.conftest import ServerProcess
+from whisper_appliance.core.catalog import MODEL_NAMES
+
+GENERATED = re.compile(r"Admin password generated: (\S+)")
+JFK = SPEECH_DIR / "jfk.mp3"
+
+
+def login(server: ServerProcess, password: str | None = None) -> requests.Session:
+    s = server.session()
+    r = s.post(server.url("/api/admin/login"), json={"password": password or server.admin_password}, timeout=10)
+    assert r.status_code == 200, r.text
+    s.headers["X-CSRF-Token"] = r.json()["csrf_token"]
+    return s
+
+
+def wait_for(check: Callable[[], Any], what: str, timeout: float = 120) -> Any:
+    """Poll until ``check()`` returns something truthy (a wait for an outcome, not a speed assertion)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+def model_status(session: requests.Session, server: ServerProcess) -> dict:
+    return session.get(server.url("/api/models"), timeout=10).json()["current"]
+
+
+def transcribe(session: requests.Session, server: ServerProcess, path: Path) -> requests.Response:
+    with open(path, "rb") as f:
+        return session.post(server.url("/transcribe"), files={"audio": (path.name, f)}, timeout=300)
+
+
+# -- login and session ------------------------------------------------------------------------------------------
+def test_login_wrong_then_right(api, server):
+    r = api.post(server.url("/api/admin/login"), json={"password": "not-the-password"}, timeout=10)
+    assert r.status_code == 401
+    assert r.json()["error"]["code"] == "invalid_password"
+    assert "failed admin login from 127.0.0.1" in server.log()
+
+    assert api.get(server.url("/api/admin/session"), timeout=10).json() == {"admin": False}
+    r = api.post(server.url("/api/admin/login"), json={"password": server.admin_password}, timeout=10)
+    assert r.status_code == 200
+    csrf = r.json()["csrf_token"]
+    assert len(csrf) >= 32
+    cookie = next(c for c in api.cookies if c.name == "wa_session")
+    assert cookie.secure and cookie.expires is not None  # a permanent session with a lifetime
+    assert api.get(server.url("/api/admin/session"), timeout=10).json() == {"admin": True, "csrf_token": csrf}
+
+    assert api.post(server.url("/api/admin/logout"), timeout=10).json() == {"admin": False}
+    assert api.get(server.url("/api/admin/session"), timeout=10).json() == {"admin": False}
+
+
+def test_admin_actions_without_auth_are_401(api, server):
+    for method, path, body in (("get", "/api/admin/tokens", None), ("post", "/api/admin/tokens", {"label": "x"}),
+                               ("get", "/api/admin/settings", None), ("post", "/api/models/load", {"name": "base"}),
+                               ("delete", "/api/models/base", None), ("get", "/api/admin/backup", None)):
+        r = getattr(api, method)(server.url(path), json=body, timeout=10)
+        assert r.status_code == 401, (method, path, r.text)
+        assert r.json()["error"]["code"] == "auth_required"
+
+
+def test_cookie_changes_need_the_csrf_header(server):
+    s = login(server)
+    csrf = s.headers.pop("X-CSRF-Token")
+    r = s.post(server.url("/api/admin/tokens"), json={"label": "no csrf"}, timeout=10)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "csrf_failed"
+    r = s.post(server.url("/api/admin/tokens"), json={"label": "with csrf"}, headers={"X-CSRF-Token": "wrong"},
+               timeout=10)
+    assert r.status_code == 403
+    assert s.get(server.url("/api/admin/settings"), timeout=10).status_code == 200  # reads need no header
+
+    r = s.post(server.url("/api/admin/tokens"), json={"label": "with csrf"}, headers={"X-CSRF-Token": csrf},
+               timeout=10)
+    assert r.status_code == 201
+    s.headers["X-CSRF-Token"] = csrf
+    assert s.delete(server.url(f"/api/admin/tokens/{r.json()['id']}"), timeout=10).status_code == 200
+
+
+def test_settings_show_no_secrets(admin, server):
+    body = admin.get(server.url("/api/admin/settings"), timeout=10).json()
+    assert body["whisper_model"] == "tiny.en" and body["model_downloads"] is False
+    text = str(body)
+    assert "admin_password" not in body and "api_keys" not in body
+    assert server.admin_password not in text and server.token not in text
+
+
+def test_bearer_token_has_admin_rights(server):
+    s = server.session(token=server.token)
+    assert s.get(server.url("/api/admin/settings"), timeout=10).status_code == 200
+    r = s.post(server.url("/api/admin/tokens"), json={"label": "made with a bearer token"}, timeout=10)
+    assert r.status_code == 201
+    assert s.delete(server.url(f"/api/admin/tokens/{r.json()['id']}"), timeout=10).json() == {"deleted": r.json()["id"]}
+    bad = server.session(token="wa_not-a-real-token")
+    assert bad.get(server.url("/api/admin/settings"), timeout=10).status_code == 401
+
+
+def test_created_token_works_until_revoked(admin, server):
+    r = admin.post(server.url("/api/admin/tokens"), json={"label": "e2e laptop"}, timeout=10)
+    assert r.status_code == 201
+    created = r.json()
+    assert set(created) >= {"token", "id", "label", "created_at"} and created["label"] == "e2e laptop"
+
+    listed = admin.get(server.url("/api/admin/tokens"), timeout=10).json()["tokens"]
+    mine = [t for t in listed if t["id"] == created["id"]]
+    assert len(mine) == 1 and "token" not in mine[0]
+    assert created["token"] not in str(listed)
+    # Only a digest reaches the disk.
+    assert created["token"] not in (server.data_dir / "auth.json").read_text()
+
+    user = server.session(token=created["token"])
+    assert user.get(server.url("/api/admin/tokens"), timeout=10).status_code == 200
+
+    assert admin.delete(server.url(f"/api/admin/tokens/{created['id']}"), timeout=10).status_code == 200
+    r = user.get(server.url("/api/admin/tokens"), timeout=10)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_token"
+    assert admin.delete(server.url(f"/api/admin/tokens/{created['id']}"), timeout=10).status_code == 404
+
+
+def test_failed_logins_are_rate_limited(start_server):
+    srv = start_server(wait_ready=False, WHISPER_MODEL="medium")  # no model needed; "medium" fails at once
+    s = srv.session()
+    codes = [s.post(srv.url("/api/admin/login"), json={"password": f"guess-{i}"}, timeout=10).status_code
+             for i in range(11)]
+    assert codes == [401] * 10 + [429]
+    r = s.post(srv.url("/api/admin/login"), json={"password": srv.admin_password}, timeout=10)
+    assert r.status_code == 429
+    assert r.json()["error"]["code"] == "rate_limited"
+    assert int(r.headers["Retry-After"]) > 0
+    assert srv.log().count("failed admin login from 127.0.0.1") == 10
+
+
+def test_generated_admin_password_is_logged_once_and_survives_a_restart(start_server):
+    srv = start_server(wait_ready=False, WHISPER_MODEL="medium", ADMIN_PASSWORD="")
+    passwords = GENERATED.findall(srv.log())
+    assert len(passwords) == 1
+    password = passwords[0]
+    for path in srv.data_dir.rglob("*"):
+        if path.is_file():
+            assert password.encode() not in path.read_bytes(), f"plaintext password found in {path}"
+    assert "scrypt$" in (srv.data_dir / "auth.json").read_text()
+    login(srv, password)
+    assert srv.session().post(srv.url("/api/admin/login"), json={"password": "e2e-admin-password"},
+                              timeout=10).status_code == 401
+
+    srv.stop()
+    srv.start(wait_ready=False)
+    assert GENERATED.findall(srv.log()) == [password]  # both runs' output: logged by the first only
+    login(srv, password)
+
+
+# -- models ------------------------------------------------------------------------------------------------------
+def test_models_list_every_catalog_name(api, server):
+    body = api.get(server.url("/api/models"), timeout=10).json()
+    models = {m["name"]: m for m in body["models"]}
+    assert list(models) == list(MODEL_NAMES)
+    assert models["tiny.en"]["state"] == "loaded" and models["tiny.en"]["english_only"] is True
+    assert models["base"]["state"] in ("downloaded", "bundled")
+    assert models["large-v3"]["state"] == "available" and models["large-v3"]["size_bytes"] > 10 ** 9
+    assert body["current"]["name"] == "tiny.en" and body["current"]["state"] == "ready"
+
+
+def test_load_of_unknown_model_is_400(admin, server):
+    r = admin.post(server.url("/api/models/load"), json={"name": "huge-v9"}, timeout=10)
+    assert r.status_code == 400
+    assert "tiny.en" in r.json()["error"]["message"]
+    assert admin.post(server.url("/api/models/load"), json={}, timeout=10).status_code == 400
+    assert model_status(admin, server)["name"] == "tiny.en"
+
+
+def test_deleting_the_loaded_model_is_409(admin, server):
+    r = admin.delete(server.url("/api/models/tiny.en"), timeout=10)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "model_in_use"
+    assert admin.delete(server.url("/api/models/not-a-model"), timeout=10).status_code == 404
+    assert admin.delete(server.url("/api/models/large-v3"), timeout=10).status_code == 404  # nothing on disk
+    assert (Path(server.env["MODELS_DIR"]) / "tiny.en" / "model.bin").is_file()
+
+
+def test_switch_to_an_unavailable_model_and_back(start_server):
+    srv = start_server()
+    s = login(srv)
+    events: list[dict] = []
+    sio = socketio.Client(ssl_verify=False, reconnection=False)
+
+    @sio.on("model_status")
+    def on_status(data):
+        events.append(data)
+
+    sio.connect(srv.base_url, auth={"token": srv.token}, wait_timeout=20)
+    try:
+        r = s.post(srv.url("/api/models/load"), json={"name": "medium"}, timeout=10)
+        assert r.status_code == 202
+        assert r.json()["status"]["name"] == "medium" and r.json()["status"]["state"] == "loading"
+        assert r.json()["links"] == {"status": "/api/status"}
+        failed = wait_for(lambda: (m := model_status(s, srv))["state"] == "error" and m, "the load to fail")
+        assert failed["name"] == "medium"
+        assert "not available offline" in failed["error"] and "tiny.en" in failed["error"]
+        assert transcribe(s, srv, JFK).status_code == 503  # no model now, and the reply says so
+        # Events are coalesced per model: see the error delivered before the next load replaces it.
+        wait_for(lambda: any(e["name"] == "medium" and e["state"] == "error" for e in events),
+                 "the model_status event of the failed load", timeout=30)
+
+        r = s.post(srv.url("/api/models/load"), json={"name": "tiny.en"}, timeout=10)
+        assert r.status_code == 202
+        wait_for(lambda: model_status(s, srv)["state"] == "ready", "tiny.en to load again")
+        r = transcribe(s, srv, JFK)
+        assert r.status_code == 200 and "country" in r.json()["text"].lower()
+
+        wait_for(lambda: any(e["name"] == "tiny.en" and e["state"] == "ready" for e in events),
+                 "the model_status event of the reload", timeout=30)
+    finally:
+        sio.disconnect()
+    states = [(e["name"], e["state"]) for e in events]
+    assert ("medium", "error") in states
+    assert ("tiny.en", "ready") in states
+    error_event = next(e for e in events if e["state"] == "error")
+    assert "tiny.en" in error_event["error"]
