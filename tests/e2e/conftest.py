@@ -69,7 +69,11 @@ class ServerProcess:
                                      env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         log.close()
-        self.wait_up(ready=wait_ready, timeout=timeout)
+        try:
+            self.wait_up(ready=wait_ready, timeout=timeout)
+        except BaseException:
+            self.stop()  # never leave a half-started server behind
+            raise
         return self
 
     def wait_up(self, *, ready: bool, timeout: float) -> None:

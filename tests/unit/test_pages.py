@@ -1,0 +1,140 @@
+"""plugins/pages.py, the templates and the static files, through Flask's test client on the real app factory.
+
+No model is loaded (the engine factory is never called), so every page here is served in degraded mode, which
+is itself a requirement: the pages must load and say why transcription is unavailable. The browser behaviour
+is tested end to end in tests/e2e/test_browser.py.
+"""
+
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from whisper_appliance import app as app_module
+from whisper_appliance.core.config import Settings
+from whisper_appliance.services.appliance import Appliance
+from whisper_appliance.services.model_manager import ModelManager
+
+STATIC = Path(app_module.__file__).parent / "static"
+HTTPS = "https://localhost"
+PAGES = ("/", "/history", "/admin")
+
+
+def no_engine(*args, **kwargs):
+    raise AssertionError("the pages must not load a model")
+
+
+@pytest.fixture
+def app(tmp_path, monkeypatch):
+    monkeypatch.setattr(app_module, "PLUGINS", ("health", "pages"))
+    settings = Settings(data_dir=tmp_path / "data", models_dir=tmp_path / "models", async_mode="threading",
+                        admin_password="pw", whisper_model="tiny.en", model_downloads=False).validated()
+    appliance = Appliance.build(settings, models=ModelManager(settings, engine_factory=no_engine))
+    app = app_module.create_app(settings, appliance=appliance, start_services=False)
+    yield app
+    appliance.stop()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+class Collect(HTMLParser):
+    """Tags with their attributes, and the text inside <script>/<style> (there must be none)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.inline_code: list[str] = []
+        self._in: str | None = None
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+        self._in = tag if tag in ("script", "style") else None
+
+    def handle_endtag(self, tag):
+        self._in = None
+
+    def handle_data(self, data):
+        if self._in and data.strip():
+            self.inline_code.append(data)
+
+
+def parse(html: str) -> Collect:
+    c = Collect()
+    c.feed(html)
+    return c
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_pages_are_html_and_csp_clean(client, path):
+    r = client.get(path, base_url=HTTPS)
+    assert r.status_code == 200
+    assert r.mimetype == "text/html"
+    assert "script-src 'self'" in r.headers["Content-Security-Policy"]
+    assert r.headers["Cache-Control"] == "no-store"
+    page = parse(r.get_data(as_text=True))
+    # The CSP forbids inline code: every script and style must come from a file.
+    assert page.inline_code == []
+    assert not any(tag == "style" for tag, _ in page.tags)
+    for tag, attrs in page.tags:
+        assert "style" not in attrs, f"inline style on <{tag}>"
+        assert not any(name.startswith("on") for name in attrs), f"inline handler on <{tag}>"
+    scripts = [attrs["src"] for tag, attrs in page.tags if tag == "script"]
+    assert scripts[0] == "/static/vendor/socket.io.min.js"
+    for src in scripts + [attrs["href"] for tag, attrs in page.tags if tag == "link"]:
+        assert src.startswith("/static/"), f"{src} is not served by this server (the pages work offline)"
+        assert client.get(src, base_url=HTTPS).status_code == 200, src
+
+
+def test_degraded_mode_shows_the_reason(client):
+    html = client.get("/", base_url=HTTPS).get_data(as_text=True)
+    page = parse(html)
+    banner = next(attrs for tag, attrs in page.tags if attrs.get("id") == "degraded-banner")
+    assert "hidden" not in banner
+    assert "Transcription is unavailable" in html
+    assert "no model is loaded" in html
+    assert client.get("/health", base_url=HTTPS).status_code == 503
+
+
+def test_main_page_has_the_controls_the_scripts_need(client):
+    html = client.get("/", base_url=HTTPS).get_data(as_text=True)
+    ids = {attrs.get("id") for _, attrs in parse(html).tags}
+    js = (STATIC / "js" / "live.js").read_text() + (STATIC / "js" / "app.js").read_text()
+    for wanted in set(re.findall(r'\$\("([a-z0-9-]+)"\)', js)):
+        assert wanted in ids, f"the scripts look for #{wanted}, which the page lacks"
+    testids = {attrs.get("data-testid") for _, attrs in parse(html).tags}
+    assert {"record-button", "live-transcript", "upload-file", "upload-submit"} <= testids
+    # Browser audio processing is off by default: it distorts clean speech.
+    for box in ("live-echo", "live-noise", "live-agc"):
+        attrs = next(a for tag, a in parse(html).tags if a.get("id") == box)
+        assert "checked" not in attrs
+    # The language list comes from core/languages.py.
+    assert '<option value="de">German (de)</option>' in html
+
+
+@pytest.mark.parametrize("path, script", [("/history", "history.js"), ("/admin", "admin.js")])
+def test_other_pages_have_the_elements_their_script_uses(client, path, script):
+    ids = {attrs.get("id") for _, attrs in parse(client.get(path, base_url=HTTPS).get_data(as_text=True)).tags}
+    js = (STATIC / "js" / script).read_text()
+    for wanted in set(re.findall(r'\$\("([a-z0-9-]+)"\)', js)):
+        assert wanted in ids, f"{script} looks for #{wanted}, which {path} lacks"
+
+
+def test_scripts_never_put_data_into_html():
+    for path in (STATIC / "js").glob("*.js"):
+        source = path.read_text()
+        assert "innerHTML" not in source, path.name
+        assert "outerHTML" not in source, path.name
+        assert "insertAdjacentHTML" not in source, path.name
+        assert "document.write" not in source, path.name
+
+
+def test_vendored_socketio_client_is_a_4x_build():
+    head = (STATIC / "vendor" / "socket.io.min.js").read_text()[:200]
+    assert re.search(r"Socket\.IO v4\.\d+\.\d+", head)
+    assert (STATIC / "vendor" / "socket.io.LICENSE.txt").exists()
