@@ -1,0 +1,657 @@
+"""Live dictation sessions: one per Socket.IO connection, from audio chunks to committed text in history.
+
+``LiveSessions`` owns every open session (keyed by the connection's sid), the per-connection chunk rate
+limit and the session limits from Settings. A ``LiveSession`` holds
+
+* the audio front end: one ``StreamDecoder`` (an ffmpeg process) for ``webm`` chunks, or a ``PcmStream`` for
+  raw 16-bit PCM (resampled to 16 kHz as a continuous stream, so chunk edges do not click);
+* the ``StreamingPolicy`` (core/streaming.py), which decides which passes to run and what is partial or final;
+* ``run(emit, sleep)``, the session's loop. The web layer starts it as a background task on the event loop and
+  ``emit`` sends to that one client; passes go through the shared ``InferenceScheduler`` at ``Priority.LIVE``
+  (one in flight per session, so sessions interleave fairly and go before file work), and the wait for a
+  pass never blocks the event loop (``scheduler.wait`` hands it to a real thread).
+
+Events the loop emits (the Socket.IO protocol's server side):
+``transcription_partial {session_id, text, start, end}``, ``transcription_result {session_id, text, start, end,
+final: true, language}``, ``transcription_error {code, message}`` and, once, ``recording_stopped {session_id,
+text, duration, history_id}``. Committed text is saved to history (source ``live``) when a session ends, also
+when the client disconnects; only the server writes those entries.
+
+``transcribe_recording`` is the seed's legacy path: one chunk holding a whole recording, transcribed at once.
+Nothing here imports Flask or Socket.IO.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import re
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..core import concurrency
+from ..core.audio import StreamDecoder, decode_audio, pcm16_to_float32
+from ..core.errors import ApplianceError, AudioDecodeError, Conflict, InvalidInput, PayloadTooLarge, RateLimited
+from ..core.options import check_language_for_model, parse_language, parse_options
+from ..core.records import SAMPLE_RATE, TASKS, Segment, TranscribeOptions, Transcript, TranscriptionInfo
+from ..core.streaming import PassRequest, StreamEvent, StreamingConfig, StreamingPolicy, run_pass
+from .scheduler import Priority
+from .transcription import TranscriptionResult
+
+log = logging.getLogger(__name__)
+
+AUDIO_FORMATS = ("webm", "pcm16")
+MIN_SAMPLE_RATE = 8_000
+MAX_SAMPLE_RATE = 192_000
+POLL_INTERVAL = 0.05          # seconds between looks at the decoder output while no pass is due
+RETRY_AFTER_FAILURE = 1.0     # seconds to wait before retrying a pass that failed
+MAX_PASS_FAILURES = 3         # consecutive failed passes that end a session
+CLOSE_WAIT = 10.0             # seconds ``close`` waits for a running loop to save and end
+_DATA_URL = re.compile(r"^data:[^,]*;base64,", re.IGNORECASE)
+
+Emit = Callable[[str, dict[str, Any]], None]
+Sleep = Callable[[float], None]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pure parsing of client messages
+
+
+@dataclass(frozen=True)
+class LiveParams:
+    """What a client asked for in ``start_recording``."""
+
+    language: str | None = None       # None: detect on the first utterance
+    task: str = "transcribe"
+    format: str = "webm"
+    sample_rate: int = SAMPLE_RATE    # pcm16 only
+
+
+def parse_live_params(data: Any) -> LiveParams:
+    """``start_recording``'s payload -> LiveParams; 400-style ``InvalidInput`` for anything we do not accept."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise InvalidInput("start_recording expects an object such as {\"format\": \"webm\"}",
+                           code="invalid_request")
+    language = parse_language(data.get("language"))
+    task = str(data.get("task") or "transcribe").strip().lower()
+    if task not in TASKS:
+        raise InvalidInput(f"task must be one of {', '.join(TASKS)}, got {data.get('task')!r}", code="invalid_option")
+    fmt = str(data.get("format") or "webm").strip().lower()
+    if fmt not in AUDIO_FORMATS:
+        raise InvalidInput(f"format must be one of {', '.join(AUDIO_FORMATS)}, got {data.get('format')!r}",
+                           code="invalid_format")
+    rate = data.get("sample_rate")
+    if rate is None or fmt != "pcm16":
+        sample_rate = SAMPLE_RATE
+    elif isinstance(rate, bool) or not isinstance(rate, (int, float)) or int(rate) != rate:
+        raise InvalidInput(f"sample_rate must be a whole number of Hz, got {rate!r}", code="invalid_option")
+    else:
+        sample_rate = int(rate)
+    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+        raise InvalidInput(f"sample_rate must be between {MIN_SAMPLE_RATE} and {MAX_SAMPLE_RATE} Hz, "
+                           f"got {sample_rate}", code="invalid_option")
+    return LiveParams(language=language, task=task, format=fmt, sample_rate=sample_rate)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    data: bytes
+    seq: int | None = None
+    legacy_options: dict[str, Any] = field(default_factory=dict)  # language/task sent with a legacy chunk
+
+
+def parse_chunk(message: Any, max_size: int) -> Chunk:
+    """An ``audio_chunk`` message -> its bytes: binary (preferred) or base64 text, under ``audio_data``.
+
+    A bare binary or text payload is accepted too (some clients send the audio itself). Raises InvalidInput
+    with a code that says what was wrong, or PayloadTooLarge over ``max_size`` bytes.
+    """
+    seq = None
+    options: dict[str, Any] = {}
+    if isinstance(message, dict):
+        if "audio_data" not in message or message["audio_data"] is None:
+            raise InvalidInput("audio_chunk needs audio_data (binary, or base64 text)", code="missing_audio")
+        payload = message["audio_data"]
+        raw_seq = message.get("seq")
+        if raw_seq is not None:
+            if isinstance(raw_seq, bool) or not isinstance(raw_seq, int):
+                raise InvalidInput(f"seq must be a whole number, got {raw_seq!r}", code="invalid_request")
+            seq = raw_seq
+        options = {k: message[k] for k in ("language", "task") if message.get(k) is not None}
+    else:
+        payload = message
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        data = bytes(payload)
+    elif isinstance(payload, str):
+        data = _decode_base64(payload, max_size)
+    else:
+        raise InvalidInput(f"audio_data must be binary or base64 text, not {type(payload).__name__}",
+                           code="invalid_audio_data")
+    if not data:
+        raise InvalidInput("the audio chunk is empty", code="empty_chunk")
+    if len(data) > max_size:
+        raise PayloadTooLarge(f"the audio chunk has {len(data)} bytes; the limit is {max_size} "
+                              "(LIVE_MAX_CHUNK_SIZE)", code="chunk_too_large")
+    return Chunk(data=data, seq=seq, legacy_options=options)
+
+
+def _decode_base64(text: str, max_size: int) -> bytes:
+    text = _DATA_URL.sub("", text.strip(), count=1)
+    # Base64 is 4/3 of the data: refuse oversized text before decoding it.
+    if len(text) > max_size * 4 // 3 + 8:
+        raise PayloadTooLarge(f"the audio chunk is larger than {max_size} bytes (LIVE_MAX_CHUNK_SIZE)",
+                              code="chunk_too_large")
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput("audio_data text is not valid base64", code="invalid_base64") from None
+
+
+class ChunkRateLimiter:
+    """At most ``limit`` chunks in any one-second window, per connection."""
+
+    def __init__(self, limit: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = limit
+        self._clock = clock
+        self._times: dict[str, deque[float]] = {}
+        self._lock = concurrency.real_threading().Lock()
+
+    def admit(self, key: str) -> bool:
+        now = self._clock()
+        with self._lock:
+            times = self._times.setdefault(key, deque())
+            while times and now - times[0] >= 1.0:
+                times.popleft()
+            if len(times) >= self.limit:
+                return False
+            times.append(now)
+            return True
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._times.pop(key, None)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Audio front ends
+
+
+class AudioSource(Protocol):
+    """Bytes in, 16 kHz float32 out; ``read`` never blocks."""
+
+    def feed(self, data: bytes) -> None: ...
+
+    def read(self) -> np.ndarray: ...
+
+    @property
+    def error(self) -> str | None: ...
+
+    def close(self, timeout: float = 2.0) -> None: ...
+
+
+class PcmStream:
+    """Little-endian 16-bit mono PCM chunks -> 16 kHz float32, split anywhere (an odd byte waits for the next).
+
+    Other rates go through one streaming soxr resampler per session, so chunk boundaries leave no filter edges.
+    """
+
+    def __init__(self, sample_rate: int) -> None:
+        self.sample_rate = sample_rate
+        self._carry = b""
+        self._lock = concurrency.real_threading().Lock()
+        self._ready: list[np.ndarray] = []
+        self._resampler = None
+        if sample_rate != SAMPLE_RATE:
+            import soxr
+
+            self._resampler = soxr.ResampleStream(sample_rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+        self.error: str | None = None
+        self._closed = False
+
+    def feed(self, data: bytes) -> None:
+        with self._lock:
+            if self._closed:
+                raise AudioDecodeError("the PCM stream is closed")
+            data = self._carry + data
+            usable = len(data) - len(data) % 2
+            self._carry = data[usable:]
+            if usable:
+                self._ready.append(self._convert(data[:usable], last=False))
+
+    def _convert(self, data: bytes, *, last: bool) -> np.ndarray:
+        audio = pcm16_to_float32(data, SAMPLE_RATE)  # the conversion only: resampling is ours, stateful
+        if self._resampler is not None:
+            audio = np.clip(self._resampler.resample_chunk(audio, last=last), -1.0, 1.0).astype(np.float32)
+        return audio
+
+    def read(self) -> np.ndarray:
+        with self._lock:
+            ready, self._ready = self._ready, []
+        if not ready:
+            return np.zeros(0, dtype=np.float32)
+        return np.concatenate(ready)
+
+    def close(self, timeout: float = 2.0) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._resampler is not None:  # the resampler's delayed tail
+                self._ready.append(self._convert(b"", last=True))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sessions
+
+
+@dataclass(frozen=True)
+class LiveSummary:
+    """How a session ended: its whole committed text and where it was saved."""
+
+    session_id: str
+    text: str
+    duration: float                   # seconds of audio received
+    history_id: int | None
+    language: str | None
+    passes: int
+    reason: str                       # stopped | disconnected | limit | error
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"session_id": self.session_id, "text": self.text, "duration": round(self.duration, 3),
+                "history_id": self.history_id}
+
+
+class LiveSession:
+    """One client's dictation: audio front end, streaming policy and the loop that runs its passes."""
+
+    def __init__(self, owner: LiveSessions, sid: str, params: LiveParams, model: str,
+                 policy: StreamingPolicy, source: AudioSource) -> None:
+        self.id = uuid.uuid4().hex
+        self.sid = sid
+        self.params = params
+        self.model = model
+        self.policy = policy
+        self.source = source
+        self.started_at = time.monotonic()
+        self._owner = owner
+        threading = concurrency.real_threading()
+        self._done = threading.Event()
+        self._stop_requested = False
+        self._flush = True
+        self._notify = True
+        self._save = True
+        self._reason = "stopped"
+        self.running = False
+        self.summary: LiveSummary | None = None
+        self._segments: list[Segment] = []
+        self._compute_seconds = 0.0
+        self._failures = 0
+        self._language: str | None = params.language
+        self.chunks = 0
+        self.bytes = 0
+
+    # -- called by the web layer -------------------------------------------------------------------------------
+    def started_payload(self) -> dict[str, Any]:
+        return {"session_id": self.id, "format": self.params.format, "model": self.model,
+                "language": self.params.language or "auto", "sample_rate": self.params.sample_rate}
+
+    @property
+    def language(self) -> str | None:
+        """The stream's language: asked for, detected by the policy, or what the last pass reported."""
+        return self.policy.language or self._language
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop_requested
+
+    def feed(self, data: bytes) -> None:
+        """Queue one chunk of the stream (never blocks). A dead decoder raises AudioDecodeError."""
+        if self._stop_requested:
+            raise InvalidInput("this session is stopping; start a new one", code="not_recording")
+        try:
+            self.source.feed(data)
+        except AudioDecodeError as exc:  # the same code as when the loop finds the decoder dead first
+            raise AudioDecodeError(exc.message, code="decode_failed") from exc
+        self.chunks += 1
+        self.bytes += len(data)
+
+    def request_stop(self, *, flush: bool = True, notify: bool = True, save: bool = True,
+                     reason: str = "stopped") -> None:
+        """Ask the loop to end: ``flush`` decodes what is left as final text; ``notify`` emits to the client."""
+        if self._stop_requested:
+            # A disconnect after a stop still must not flush or emit to a client that is gone.
+            self._flush = self._flush and flush
+            self._notify = self._notify and notify
+            return
+        self._stop_requested = True
+        self._flush, self._notify, self._save, self._reason = flush, notify, save, reason
+
+    def wait_done(self, timeout: float | None) -> bool:
+        if self._done.is_set():
+            return True
+        return bool(concurrency.wait_blocking(self._done.wait, timeout))
+
+    # -- the loop --------------------------------------------------------------------------------------------------
+    def run(self, emit: Emit, sleep: Sleep) -> LiveSummary:
+        """Pull audio, run due passes, emit their events; on stop flush, save and emit ``recording_stopped``."""
+        if self.summary is not None:  # closed (client gone) before the task got to run
+            return self.summary
+        self.running = True
+        try:
+            while not self._stop_requested:
+                if not self._pull_audio(emit):
+                    break
+                request = self.policy.next_pass()
+                if request is None:
+                    sleep(POLL_INTERVAL)
+                elif not self._run(request, emit):
+                    sleep(RETRY_AFTER_FAILURE)
+            self._flush_rest(emit)
+        except Exception as exc:  # the session ends, but its committed text is still saved below
+            log.exception("live session %s failed", self.id)
+            self._reason = "error"
+            self._emit_error(emit, ApplianceError(f"the live session failed: {exc}", code="internal_error"))
+        finally:
+            self._finish(emit)
+        assert self.summary is not None
+        return self.summary
+
+    def finish_now(self) -> LiveSummary:
+        """End a session whose loop never ran (or has ended): close the audio and save, emitting nothing."""
+        self._notify = False
+        if self.summary is None:
+            self._finish(lambda name, data: None)
+        assert self.summary is not None
+        return self.summary
+
+    def _pull_audio(self, emit: Emit) -> bool:
+        """Move decoded audio into the policy; False when the session must stop (decoder died, limit)."""
+        audio = self.source.read()
+        if audio.size:
+            self.policy.push_audio(audio)
+        error = self.source.error
+        if error:
+            self._emit_error(emit, AudioDecodeError(f"the audio stream could not be decoded: {error}",
+                                                    code="decode_failed"))
+            self.request_stop(flush=True, reason="error")
+            return False
+        limit = self._owner.settings.live_max_session_seconds
+        elapsed = max(self.policy.audio_seconds, time.monotonic() - self.started_at)
+        if elapsed >= limit:
+            self._emit_error(emit, ApplianceError(
+                f"the live session reached its limit of {limit} s (LIVE_MAX_SESSION_SECONDS) and was stopped",
+                code="session_limit", status=413))
+            self.request_stop(flush=True, reason="limit")
+            return False
+        return True
+
+    def _run(self, request: PassRequest, emit: Emit) -> bool:
+        """One pass through the scheduler; True when it ran (its events emitted), False when it failed."""
+        options = self.policy.options_for(request)
+        started = time.monotonic()
+        try:
+            ticket = self._owner.scheduler.submit(lambda engine: run_pass(engine, request, options),
+                                                  Priority.LIVE, label=f"live:{self.id[:8]}")
+            result = self._owner.scheduler.wait(ticket)
+        except ApplianceError as exc:
+            self._failures += 1
+            log.warning("live pass of session %s failed (%d in a row): %s", self.id, self._failures, exc)
+            self._emit_error(emit, exc)
+            if self._failures >= MAX_PASS_FAILURES:
+                self.request_stop(flush=False, reason="error")
+            return False
+        self._failures = 0
+        # Wall time, queue included: when the shared scheduler is busy, the policy widens its step
+        # instead of letting this session's lag grow.
+        elapsed = time.monotonic() - started
+        self._compute_seconds += result.elapsed
+        if result.language:
+            self._language = self.policy.language or result.language
+        log.debug("live %s: %s pass over %.2f s of audio: %.2f s (%.2f s in the engine), lag %.2f s", self.id[:8],
+                  "final" if request.final else "trim" if request.trim else "partial", request.audio.size / SAMPLE_RATE,
+                  elapsed, result.elapsed, self.policy.lag_seconds)
+        for event in self.policy.apply(request, result, elapsed):
+            self._emit_event(event, emit)
+        return True
+
+    def _emit_event(self, event: StreamEvent, emit: Emit) -> None:
+        if event.kind == "final":
+            self._segments.append(Segment(id=len(self._segments), start=event.start, end=event.end,
+                                          text=" " + event.text.strip(), words=event.words))
+            payload = {"session_id": self.id, **event.to_dict(), "final": True, "language": self.language}
+            name = "transcription_result"
+        else:
+            payload = {"session_id": self.id, **event.to_dict()}
+            name = "transcription_partial"
+        if self._notify:
+            emit(name, payload)
+
+    def _emit_error(self, emit: Emit, err: ApplianceError) -> None:
+        if self._notify:
+            emit("transcription_error", {"code": err.code, "message": err.message, "session_id": self.id})
+
+    def _flush_rest(self, emit: Emit) -> None:
+        """After a stop: decode what ffmpeg still holds and run the final passes (unless told not to)."""
+        if not self._flush:
+            return
+        self.source.close()  # ffmpeg decodes what it still holds; its wait runs off the event loop
+        audio = self.source.read()
+        if audio.size:
+            self.policy.push_audio(audio)
+        while self._flush:
+            request = self.policy.finish()
+            if request is None:
+                return
+            if not self._run(request, emit):
+                if self._failures >= MAX_PASS_FAILURES or not self._flush:
+                    return
+
+    def _finish(self, emit: Emit) -> None:
+        """Always: release the decoder, save the committed text, leave the registry, tell the client."""
+        if self.summary is not None:
+            return
+        try:
+            self.source.close()
+        except Exception:
+            log.exception("closing the audio decoder of live session %s failed", self.id)
+        history_id = None
+        text = self.policy.committed_text
+        if self._save and text:
+            try:
+                history_id = self._owner.save(self, text)
+            except Exception as exc:
+                log.exception("saving live session %s to history failed", self.id)
+                self._emit_error(emit, exc if isinstance(exc, ApplianceError) else
+                                 ApplianceError(f"the transcript could not be saved: {exc}", code="history_failed"))
+        self.summary = LiveSummary(session_id=self.id, text=text, duration=self.policy.audio_seconds,
+                                   history_id=history_id, language=self.language,
+                                   passes=self.policy.passes,
+                                   reason=self._reason if self._notify else "disconnected")
+        self._owner._ended(self)
+        self.running = False
+        self._done.set()
+        log.info("live session %s ended (%s): %.1f s audio, %d passes, %d chars", self.id, self.summary.reason,
+                 self.summary.duration, self.summary.passes, len(text))
+        if self._notify:
+            emit("recording_stopped", self.summary.to_dict())
+
+    def transcript(self, text: str) -> Transcript:
+        language = self.language or ""
+        info = TranscriptionInfo(language=language, language_probability=0.0, duration=self.policy.audio_seconds)
+        return Transcript(text=text, language=info.language, language_probability=0.0, duration=info.duration,
+                          segments=tuple(self._segments))
+
+    @property
+    def compute_seconds(self) -> float:
+        return self._compute_seconds
+
+
+PolicyFactory = Callable[[LiveParams], StreamingPolicy]
+SourceFactory = Callable[[LiveParams], AudioSource]
+
+
+def default_policy(params: LiveParams) -> StreamingPolicy:
+    return StreamingPolicy(StreamingConfig(language=params.language, task=params.task))  # type: ignore[arg-type]
+
+
+def default_source(params: LiveParams) -> AudioSource:
+    if params.format == "webm":
+        return StreamDecoder("webm")
+    return PcmStream(params.sample_rate)
+
+
+class LiveSessions:
+    """Every open live session, keyed by connection sid, and the limits that apply to them."""
+
+    def __init__(self, settings: Any, models: Any, scheduler: Any, transcription: Any, events: Any = None, *,
+                 policy_factory: PolicyFactory = default_policy, source_factory: SourceFactory = default_source,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.models = models
+        self.scheduler = scheduler
+        self.transcription = transcription
+        self.events = events
+        self._policy_factory = policy_factory
+        self._source_factory = source_factory
+        self._lock = concurrency.real_threading().Lock()
+        self._active: dict[str, LiveSession] = {}      # sid -> the session receiving audio
+        self._finishing: set[LiveSession] = set()      # stopped, still flushing/saving
+        self.rate = ChunkRateLimiter(settings.live_max_chunks_per_second, clock)
+
+    # -- registry ----------------------------------------------------------------------------------------------
+    def open(self, sid: str, params: LiveParams | dict[str, Any] | None) -> LiveSession:
+        """Start a session for connection ``sid``: 409 when it already records, 429 beyond LIVE_MAX_SESSIONS."""
+        if not isinstance(params, LiveParams):
+            params = parse_live_params(params)
+        status = self.transcription.ready_model()
+        check_language_for_model(TranscribeOptions(language=params.language, task=params.task),  # type: ignore[arg-type]
+                                 status.name)
+        with self._lock:
+            if sid in self._active:
+                raise Conflict("a recording is already running on this connection; send stop_recording first",
+                               code="already_recording")
+            if len(self._active) >= self.settings.live_max_sessions:
+                raise RateLimited(f"the server already runs {len(self._active)} live sessions "
+                                  "(LIVE_MAX_SESSIONS); try again later", code="too_many_sessions")
+            # Reserve the slot before the slow part (starting ffmpeg), so two starts cannot both pass the check.
+            self._active[sid] = None  # type: ignore[assignment]
+        try:
+            policy = self._policy_factory(params)
+            source = self._source_factory(params)
+        except BaseException:
+            with self._lock:
+                self._active.pop(sid, None)
+            raise
+        session = LiveSession(self, sid, params, status.name, policy, source)
+        with self._lock:
+            self._active[sid] = session
+        log.info("live session %s started (%s, language %s, model %s)", session.id, params.format,
+                 params.language or "auto", status.name)
+        self._publish_count()
+        return session
+
+    def get(self, sid: str) -> LiveSession | None:
+        with self._lock:
+            return self._active.get(sid)
+
+    def stop(self, sid: str) -> LiveSession:
+        """``stop_recording``: the session flushes, saves and emits ``recording_stopped`` from its loop."""
+        with self._lock:
+            session = self._active.pop(sid, None)
+            if session is not None:
+                self._finishing.add(session)
+        if session is None:
+            raise InvalidInput("no recording is running on this connection", code="not_recording")
+        session.request_stop(flush=True, notify=True)
+        return session
+
+    def close(self, sid: str, *, save: bool = True, timeout: float = CLOSE_WAIT) -> LiveSummary | None:
+        """The connection is gone: free the decoder now, save the committed text, emit nothing.
+
+        Returns the summary once the session has ended (None when none was open, or its loop is still busy
+        after ``timeout``; it then saves by itself).
+        """
+        self.rate.forget(sid)
+        with self._lock:
+            session = self._active.pop(sid, None)
+            finishing = [s for s in self._finishing if s.sid == sid]
+        sessions = ([session] if session is not None else []) + finishing
+        summary = None
+        for s in sessions:
+            with self._lock:
+                self._finishing.add(s)
+            s.request_stop(flush=False, notify=False, save=save, reason="disconnected")
+            if not s.running:
+                summary = s.finish_now()
+                continue
+            # The loop may be waiting for a pass; killing ffmpeg now frees it at once, whatever the pass does.
+            try:
+                s.source.close(timeout=0.5)
+            except Exception:
+                log.exception("closing the decoder of live session %s failed", s.id)
+            if s.wait_done(timeout):
+                summary = s.summary
+        return summary
+
+    def count(self) -> int:
+        with self._lock:
+            return sum(1 for s in self._active.values() if s is not None) + len(self._finishing)
+
+    def _ended(self, session: LiveSession) -> None:
+        with self._lock:
+            if self._active.get(session.sid) is session:
+                del self._active[session.sid]
+            self._finishing.discard(session)
+        self._publish_count()
+
+    def _publish_count(self) -> None:
+        if self.events is not None:
+            self.events.publish("live_sessions", {"count": self.count()}, coalesce="live_sessions")
+
+    # -- chunks ------------------------------------------------------------------------------------------------
+    def admit_chunk(self, sid: str, message: Any) -> Chunk:
+        """Rate limit, then parse; raises RateLimited / InvalidInput / PayloadTooLarge (the chunk is dropped)."""
+        if not self.rate.admit(sid):
+            raise RateLimited(f"more than {self.rate.limit} audio chunks per second "
+                              "(LIVE_MAX_CHUNKS_PER_SECOND); this chunk was dropped", code="rate_limited")
+        return parse_chunk(message, self.settings.live_max_chunk_size)
+
+    def is_legacy(self, sid: str, chunk: Chunk) -> bool:
+        """A chunk outside a session is the seed page's whole-recording message, unless it is numbered
+        (``seq``), which only streaming clients send: then it is a stray chunk after a stop."""
+        return self.get(sid) is None and chunk.seq is None
+
+    def save(self, session: LiveSession, text: str) -> int | None:
+        transcript = session.transcript(text)
+        result = concurrency.wait_blocking(
+            self.transcription.record, transcript, None, source="live", filename=None, audio_sha256=None,
+            processing_seconds=session.compute_seconds,
+            metadata={"live": True, "format": session.params.format, "passes": session.policy.passes,
+                      "session_id": session.id})
+        return result.history_id
+
+    # -- the legacy whole-recording path -----------------------------------------------------------------------
+    def transcribe_recording(self, chunk: Chunk) -> TranscriptionResult:
+        """One message holding a whole recording (webm, wav, ...): decode, transcribe now, save as ``live``."""
+        options = parse_options(chunk.legacy_options, TranscribeOptions(beam_size=5))
+        status = self.transcription.ready_model()
+        check_language_for_model(options, status.name)
+        tmp_dir = str(self.transcription.tmp_dir)
+        self.transcription.tmp_dir.mkdir(parents=True, exist_ok=True)
+        audio = concurrency.wait_blocking(decode_audio, chunk.data, tmp_dir=tmp_dir)
+        started = time.monotonic()
+        ticket = self.scheduler.submit_steps(self.transcription.steps(audio, options), Priority.INTERACTIVE,
+                                             label="live:recording")
+        transcript = self.scheduler.wait(ticket)
+        return self.transcription.record(transcript, options, source="live", filename=None, audio_sha256=None,
+                                         processing_seconds=time.monotonic() - started,
+                                         metadata={"live": True, "legacy": True, "size_bytes": len(chunk.data)})
