@@ -72,6 +72,9 @@ def create_app(settings: Settings | None = None, *, appliance: Appliance | None 
         ping_timeout=20,
         logger=False,
         engineio_logger=False,
+        # Live chunks must be handled in order. Under eventlet each client's events already run in order; in
+        # threading mode python-socketio would start a thread per event, so handle them inline there.
+        async_handlers=settings.async_mode != "threading",
     )
     app.extensions["appliance_socketio"] = socketio
 

@@ -1,4 +1,4 @@
-"""Command line of the appliance (``python src/main.py ...``): serve, transcribe, models, bench.
+"""Command line of the appliance (``python src/main.py ...``): serve, transcribe, models, bench, bench-live.
 
 Settings come from ``Settings.from_env()``; flags override them. Errors the appliance knows about
 (``ApplianceError``) print one line on stderr and exit with 2 (the input was wrong: a 4xx error) or 1 (anything else), without a
@@ -254,6 +254,20 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_bench_live(args: argparse.Namespace, settings: Settings) -> int:
+    """Runs scripts/bench_live.py (N concurrent real-time streams against a server it starts)."""
+    import importlib.util
+
+    path = MAIN_PY.parents[1] / "scripts" / "bench_live.py"
+    spec = importlib.util.spec_from_file_location("bench_live", path)
+    if spec is None or spec.loader is None:
+        raise ApplianceError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return int(module.main(list(args.args)))
+
+
 # -- parser ---------------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python src/main.py", description="Whisper Appliance: speech to text.")
@@ -300,6 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--language", help="language code (skips detection)")
     bench.set_defaults(func=cmd_bench)
 
+    live = sub.add_parser("bench-live", add_help=False,
+                          help="live-dictation latency benchmark (scripts/bench_live.py; --help for its options)")
+    live.add_argument("args", nargs="*")
+    live.set_defaults(func=cmd_bench_live)
+
     one = sub.add_parser("_bench-one")  # internal: one measured run, started by `bench` in a fresh process
     one.add_argument("file")
     one.add_argument("--model", required=True, choices=MODEL_NAMES)
@@ -313,7 +332,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "command", None) == "bench-live":
+        args.args = [*extra, *args.args]  # every option belongs to scripts/bench_live.py
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         args = parser.parse_args([*(argv if argv is not None else sys.argv[1:]), "serve"])
     try:

@@ -361,6 +361,11 @@ class _FfmpegProcess:
         wait_blocking(self.join_readers, 5.0)
 
     def _reap(self) -> None:
+        """Collect the exit status (no zombie); off the event loop, since it may wait up to 10 s."""
+        if self.proc.poll() is None:
+            wait_blocking(self._wait_or_kill)
+
+    def _wait_or_kill(self) -> None:
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
