@@ -41,6 +41,22 @@ def _number(name: str, value: Any, kind: type, lo: float, hi: float) -> Any:
     return number
 
 
+def parse_int(name: str, value: Any, *, default: int | None = None, lo: int | None = None,
+              hi: int | None = None) -> int | None:
+    """A whole-number field (query string, form); empty -> ``default``; outside [lo, hi] -> 400."""
+    if value is None or str(value).strip() == "":
+        return default
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise InvalidInput(f"{name} must be a whole number, got {value!r}", code="invalid_option") from None
+    if (lo is not None and number < lo) or (hi is not None and number > hi):
+        bounds = (f"between {lo} and {hi}" if lo is not None and hi is not None
+                  else f"{lo} or more" if lo is not None else f"{hi} or less")
+        raise InvalidInput(f"{name} must be {bounds}, got {number}", code="invalid_option")
+    return number
+
+
 def _flag(name: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value

@@ -29,8 +29,16 @@ from flask_socketio import SocketIO
 from ..core import concurrency
 from ..core.errors import InvalidInput
 from ..core.formats import FORMATS
-from ..http import (appliance, download_name, formatted_response, request_json, require_access, require_admin,
-                    uploaded_file)
+from ..core.options import parse_int
+from ..http import (
+    appliance,
+    download_name,
+    formatted_response,
+    request_json,
+    require_access,
+    require_admin,
+    uploaded_file,
+)
 from ..services.history import parse_import
 
 log = logging.getLogger(__name__)
@@ -46,13 +54,7 @@ SQLITE_CONTENT_TYPE = "application/vnd.sqlite3"
 
 
 def _query_int(name: str, default: int) -> int:
-    raw = request.args.get(name, "")
-    if raw.strip() == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise InvalidInput(f"{name} must be a whole number, got {raw!r}", code="invalid_option") from None
+    return parse_int(name, request.args.get(name), default=default)
 
 
 def _query_text(name: str) -> str | None:

@@ -12,7 +12,7 @@ from flask import Blueprint, Flask, Response, jsonify, request
 from flask_socketio import SocketIO, emit, join_room, leave_room
 
 from ..core.errors import ApplianceError, InvalidInput
-from ..core.options import parse_options
+from ..core.options import parse_int, parse_options
 from ..http import appliance, formatted_response, require_access, safe_filename, uploaded_file
 from ..services.job_store import MAX_PAGE, STATUSES
 from ..services.jobs import JobQueue, job_room
@@ -25,19 +25,6 @@ MAX_JOB_ID = 64
 
 def jobs() -> JobQueue:
     return appliance().extras["jobs"]
-
-
-def parse_page(value: str | None, name: str, default: int, lo: int, hi: int | None) -> int:
-    if value in (None, ""):
-        return default
-    try:
-        number = int(value)
-    except ValueError:
-        raise InvalidInput(f"{name} must be a whole number, got {value!r}") from None
-    if number < lo or (hi is not None and number > hi):
-        bounds = f"between {lo} and {hi}" if hi is not None else f"{lo} or more"
-        raise InvalidInput(f"{name} must be {bounds}, got {number}")
-    return number
 
 
 @bp.post("/api/jobs")
@@ -65,8 +52,8 @@ def list_jobs() -> Response:
     status = request.args.get("status") or None
     if status is not None and status not in STATUSES:
         raise InvalidInput(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
-    limit = parse_page(request.args.get("limit"), "limit", 50, 1, MAX_PAGE)
-    offset = parse_page(request.args.get("offset"), "offset", 0, 0, None)
+    limit = parse_int("limit", request.args.get("limit"), default=50, lo=1, hi=MAX_PAGE)
+    offset = parse_int("offset", request.args.get("offset"), default=0, lo=0)
     views = jobs().list(status, limit, offset)
     return jsonify({"jobs": [v.to_dict() for v in views], "limit": limit, "offset": offset})
 

@@ -7,7 +7,7 @@ from flask_socketio import SocketIO
 
 from ..core.errors import InvalidInput
 from ..core.formats import FORMATS
-from ..core.options import parse_options
+from ..core.options import parse_int, parse_options
 from ..http import appliance, formatted_response, require_access, safe_filename, uploaded_file
 
 bp = Blueprint("upload", __name__)
@@ -23,15 +23,7 @@ def parse_output(value: str | None) -> str:
 
 
 def parse_line_width(value: str | None) -> int | None:
-    if value in (None, ""):
-        return None
-    try:
-        width = int(value)
-    except ValueError:
-        raise InvalidInput(f"max_line_width must be a whole number, got {value!r}", code="invalid_option") from None
-    if not 10 <= width <= 500:
-        raise InvalidInput("max_line_width must be between 10 and 500", code="invalid_option")
-    return width
+    return parse_int("max_line_width", value, lo=10, hi=500)
 
 
 @bp.post("/transcribe")

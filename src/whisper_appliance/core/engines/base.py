@@ -35,8 +35,7 @@ class Engine(ABC):
     def detect_language(self, audio: np.ndarray) -> LanguageDetection:
         """Most likely spoken language of the first 30 s, with the top candidates."""
 
-    @abstractmethod
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: engines holding native memory override it
         """Release the model's memory. The engine is unusable afterwards."""
 
     @property
