@@ -17,6 +17,7 @@ from . import __version__
 from .core.formats import FORMATS
 from .core.options import LANGUAGES
 from .core.records import TASKS
+from .services.history import MAX_STATS_DAYS
 
 Schema = dict[str, Any]
 
@@ -442,7 +443,7 @@ def history_paths() -> dict[str, Any]:
                 "by_day": {"type": "object", "additionalProperties": {"type": "integer"}}},
                 ("entries", "audio_hours", "processing_hours", "by_source", "by_model", "by_day")))},
             security=OPEN, errors=(400,), parameters=[query("days", "days in by_day (default 30)", "integer",
-                                                            minimum=1)])},
+                                                            minimum=1, maximum=MAX_STATS_DAYS)])},
         "/api/admin/backup": {"get": operation(
             "adminBackup", "admin", "Download a consistent copy of the database",
             {200: ok("The SQLite database file (an attachment).", content={"application/vnd.sqlite3": binary})},

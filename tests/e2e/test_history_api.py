@@ -203,8 +203,11 @@ def test_json_export_imports_into_a_fresh_server(api, server, meeting, start_ser
 
     copied = fresh.session().get(fresh.url("/api/history/export"), timeout=60).json()
     assert identity(copied) == identity(exported)
-    meeting_copy = next(e for e in copied if e["text"] == meeting["text"])
-    assert meeting_copy["segments"] == next(e for e in exported if e["id"] == meeting["history_id"])["segments"]
+    original = next(e for e in exported if e["id"] == meeting["history_id"])
+    # Other tests on the shared server may have stored the same words (e.g. a live dictation of this file).
+    meeting_copy = next(e for e in copied if (e["created_at"], e["source"], e["text"])
+                        == (original["created_at"], original["source"], original["text"]))
+    assert meeting_copy["segments"] == original["segments"]
 
     again = upload_file(admin, fresh, "/api/history/import", json.dumps(exported).encode(), "history.json")
     assert again.json()["imported"] == 0 and again.json()["skipped_duplicates"] == len(exported)

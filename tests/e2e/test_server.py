@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import socket
 import ssl
-import statistics
 import stat
+import statistics
 import subprocess
 import threading
 import time
@@ -17,10 +17,9 @@ import requests
 import socketio
 from cryptography import x509
 
-from whisper_appliance.core.wer import word_error_rate
-
 from tests.conftest import SPEECH_DIR, reference_text
 from tests.e2e.conftest import ServerProcess, make_server
+from whisper_appliance.core.wer import word_error_rate
 
 JFK = SPEECH_DIR / "jfk.mp3"
 MEETING = SPEECH_DIR / "synthetic_meeting.wav"
@@ -83,7 +82,9 @@ def test_transcribe_json_reply(api, server):
     body = r.json()
     assert word_error_rate(reference_text("jfk"), body["text"]) <= 0.05
     assert body["language"] == "en" and body["model"] == "tiny.en" and body["engine"] == "faster-whisper"
-    assert 10.5 < body["duration"] < 11.5 and body["processing_seconds"] > 0
+    assert 10.5 < body["duration"] < 11.5
+    # Another test may have sent the same file and options first: then the stored result comes back at once.
+    assert body["processing_seconds"] > 0 or body["cached"] is True
     assert body["timestamp"].endswith("Z")
     seg = body["segments"][0]
     assert {"id", "start", "end", "text", "words"} <= set(seg)

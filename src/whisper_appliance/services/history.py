@@ -84,7 +84,7 @@ class HistoryEntry:
 
 ENTRY_FIELDS = tuple(f.name for f in fields(HistoryEntry))
 MAX_ID = 2 ** 63 - 1  # SQLite's INTEGER range: larger ids cannot exist
-MAX_STATS_DAYS = 36_600
+MAX_STATS_DAYS = 3660  # ten years of daily counts
 _COLUMNS = ", ".join(f"h.{name}" for name in ENTRY_FIELDS)
 
 
