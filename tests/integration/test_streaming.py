@@ -1,6 +1,10 @@
 """Live streaming with the real tiny.en model on real speech, through the same ``simulate`` harness the live
 benchmark uses: the committed text must be as good as an offline transcription, and silence must give no text.
 
+The speech is streamed as the two forms a live session receives: 16-bit PCM (quantised to int16, as the
+browser's raw PCM client sends it) and WebM/Opus decoded back by ffmpeg (what MediaRecorder sends). Offline
+is the same model with beam 5 over the same audio.
+
 Timing figures are printed (run with ``-s``), never asserted: the CPU is shared.
 """
 
@@ -18,8 +22,18 @@ from whisper_appliance.core.streaming import SimulationResult, StreamingConfig, 
 from whisper_appliance.core.wer import word_error_rate
 
 from ..conftest import MODELS_DIR, reference_text
+from ..fixtures_audio import convert
 
 OFFLINE = TranscribeOptions(beam_size=5, temperature=0.0, language="en")
+WER_MARGIN = 0.03  # the committed text may be this much worse than offline (the issue's acceptance figure)
+
+
+def speech_as(kind: str, path, tmp_path) -> np.ndarray:
+    """A speech file as a live session gets it: 16-bit PCM samples, or a WebM/Opus stream decoded again."""
+    if kind == "int16":
+        audio = decode_audio(path)
+        return np.round(np.clip(audio, -1.0, 1.0) * 32767.0).astype(np.int16).astype(np.float32) / 32768.0
+    return decode_audio(convert(path, ".webm", tmp_path))
 
 
 @pytest.fixture(scope="module")
@@ -45,22 +59,38 @@ def check_protocol(result: SimulationResult) -> None:
     assert times == sorted(times)
 
 
+@pytest.mark.parametrize("kind", ["int16", "webm"])
 @pytest.mark.parametrize("name", ["synthetic_meeting", "jfk"])
-def test_real_time_streaming_is_as_accurate_as_offline(engine, speech_dir, name):
-    audio = decode_audio(next(speech_dir.glob(f"{name}.*[!t]")))
+def test_real_time_streaming_is_as_accurate_as_offline(engine, speech_dir, tmp_path, name, kind):
+    # jfk's first words ("And so, my fellow Americans", 2 s) decoded alone come out as "And so am I fellow"
+    # from the WebM form: the policy must give them the context of the next words, as offline decoding has.
+    audio = speech_as(kind, next(speech_dir.glob(f"{name}.*[!t]")), tmp_path)
     reference = reference_text(name)
     offline = transcribe_all(engine, audio, OFFLINE).text
     result = simulate(engine, audio, realtime=True, config=StreamingConfig(language="en"))
 
     offline_wer = word_error_rate(reference, offline)
     streaming_wer = word_error_rate(reference, result.text)
-    print(f"\n{name}: WER streaming {streaming_wer:.3f} vs offline {offline_wer:.3f}; {result.summary()}")
-    print(f"  streamed: {result.text}")
-    assert streaming_wer <= offline_wer + 0.03
+    print(f"\n{name} ({kind}): WER streaming {streaming_wer:.3f} vs offline {offline_wer:.3f}; {result.summary()}")
+    print(f"  streamed: {result.text}\n  offline:  {offline}")
+    assert streaming_wer <= offline_wer + WER_MARGIN
     check_protocol(result)
     assert any(te.event.kind == "partial" and te.event.text for te in result.events)
     # Committed along the way, not only at stop.
     assert sum(te.event.kind == "final" for te in result.events) >= 3
+
+
+@pytest.mark.parametrize("name", ["cards_005", "goforward"])
+def test_short_clip_streamed_loses_at_most_one_word_to_offline(engine, speech_dir, tmp_path, name):
+    audio = speech_as("int16", speech_dir / f"{name}.wav", tmp_path)
+    reference = reference_text(name)
+    offline = transcribe_all(engine, audio, OFFLINE).text
+    result = simulate(engine, audio, realtime=False, config=StreamingConfig(language="en"))
+
+    one_word = 1 / len(reference.split())
+    print(f"\n{name}: streamed {result.text!r}, offline {offline!r}")
+    assert word_error_rate(reference, result.text) <= word_error_rate(reference, offline) + one_word + 1e-9
+    check_protocol(result)
 
 
 def test_language_is_detected_when_the_session_names_none(engine, speech_dir):

@@ -474,7 +474,7 @@ def test_disconnect_mid_session_frees_audio_and_saves_committed_text(env):
     rec = Recorder()
     loop = threading.Thread(target=session.run, args=(rec, lambda s: time.sleep(0.001)))
     loop.start()
-    audio = speech([7, 8], tail_silence=1.0)
+    audio = speech([7, 8], tail_silence=2.0)
     session.feed(pcm16(audio))  # two words and a pause: committed once the loop has heard the pause
     deadline = time.monotonic() + 10
     while not rec.named("transcription_result") and time.monotonic() < deadline:
@@ -518,7 +518,7 @@ def test_failed_passes_are_reported_then_end_the_session(env):
     live.open("sid", {"format": "pcm16"})
     env.scheduler.fail = ModelUnavailable("model is loading")
     session = live.get("sid")
-    session.feed(pcm16(speech([1, 2, 3], tail_silence=1.0)))
+    session.feed(pcm16(speech([1, 2, 3], tail_silence=2.0)))
     rec = Recorder()
     session.run(rec, lambda s: None)
     codes = [p["code"] for p in rec.named("transcription_error")]

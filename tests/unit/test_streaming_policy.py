@@ -63,7 +63,8 @@ def result(words: list[Word], *, no_speech_prob: float = 0.01, avg_logprob: floa
 
 
 def make_policy(**overrides) -> StreamingPolicy:
-    return StreamingPolicy(StreamingConfig(**overrides), vad=EnergyVAD())
+    """A policy that ends utterances at the first pause (no holding of short first utterances) unless told."""
+    return StreamingPolicy(StreamingConfig(**{"min_final_window_s": 0.0, **overrides}), vad=EnergyVAD())
 
 
 def finals(events) -> list[str]:
@@ -148,7 +149,7 @@ def test_partial_passes_follow_speech_with_live_options():
     request = policy.next_pass()
     assert request is not None and not request.final
     # The buffer starts shortly before the speech, not at the stream start.
-    assert 0.7 <= request.offset <= 1.0
+    assert 1.0 - policy.config.pre_roll_s - 0.04 <= request.offset <= 1.0
     assert request.end == pytest.approx(1.75)
     options = policy.options_for(request)
     assert options.temperature == 0.0 and options.word_timestamps and not options.condition_on_previous_text
@@ -222,6 +223,74 @@ def test_early_final_pass_overtaken_by_speech_commits_nothing():
         "hello world again"]
 
 
+def test_short_first_utterance_is_held_open_over_a_pause_and_decoded_with_the_next():
+    policy = make_policy(min_final_window_s=4.0, hold_silence_s=1.5)
+    policy.push_audio(speech(2.0))
+    policy.push_audio(silence(1.0))  # longer than finalize_silence_s, shorter than hold_silence_s
+    early = policy.next_pass()
+    assert early.final
+    assert finals(policy.apply(early, result(words_of("and so am i", 0.0)), elapsed=0.3)) == []
+    assert policy.next_pass() is None
+    policy.push_audio(speech(2.0))
+    policy.push_audio(silence(0.75))
+    final = policy.next_pass()
+    # One pass hears both utterances: the first words are decoded with the context of the next.
+    assert final.final and final.offset == 0.0
+    assert final.end == pytest.approx(5.0 + policy.config.speech_pad_s, abs=0.04)
+    events = policy.apply(final, result(words_of("and so my fellow americans ask not", 0.0)), elapsed=0.3)
+    assert finals(events) == ["and so my fellow americans ask not"]
+
+
+def test_short_utterance_alone_is_committed_after_the_hold_silence():
+    policy = make_policy(min_final_window_s=4.0, hold_silence_s=1.5)
+    policy.push_audio(speech(1.0))
+    policy.push_audio(silence(1.0))
+    early = policy.next_pass()
+    assert finals(policy.apply(early, result(words_of("yes", 0.0)), elapsed=0.1)) == []
+    policy.push_audio(silence(0.75))
+    final = policy.next_pass()
+    assert final is not None and final.final
+    assert finals(policy.apply(final, result(words_of("yes", 0.0)), elapsed=0.1)) == ["yes"]
+    assert policy.lag_seconds == 0.0
+
+
+def test_final_pass_hears_the_earlier_utterance_and_commits_only_the_new_words():
+    policy = make_policy(context_s=10.0)
+    policy.push_audio(speech(1.0))
+    policy.push_audio(silence(1.0))
+    first = policy.next_pass()
+    policy.apply(first, result(words_of("ask not", 0.1)), elapsed=0.1)
+    policy.push_audio(silence(2.0))
+    policy.push_audio(speech(1.5))
+    partial = policy.next_pass()
+    assert not partial.final and partial.offset == pytest.approx(4.0 - policy.config.pre_roll_s, abs=0.04)
+    assert partial.prompt == "ask not"  # (the buffer of a partial pass holds this utterance only)
+    policy.push_audio(silence(0.75))
+    final = policy.next_pass()
+    # The final pass starts where the earlier utterance started, and is prompted with nothing said before that.
+    assert final.final and final.offset == 0.0 and final.prompt is None
+    # It re-says the context in other words, and hallucinates in the pause: only the new words are committed.
+    heard = [*words_of("Ask knot,", 0.12), Word(2.5, 2.9, " you", 0.4), *words_of("what your country", 4.0)]
+    assert finals(policy.apply(final, result(heard), elapsed=0.2)) == ["what your country"]
+    assert policy.committed_text == "ask not what your country"
+
+
+def test_context_is_limited_to_context_s_and_the_buffer_stays_bounded():
+    policy = make_policy(context_s=3.0)
+    policy.push_audio(speech(1.0))
+    policy.push_audio(silence(0.75))
+    policy.apply(policy.next_pass(), result(words_of("early", 0.1)), elapsed=0.1)
+    for _ in range(40):
+        policy.push_audio(silence(0.25))
+        assert policy.buffered_seconds <= 3.0 + 0.5
+    policy.push_audio(speech(1.0))
+    policy.push_audio(silence(0.75))
+    final = policy.next_pass()
+    # The earlier utterance lies more than context_s before this one: the pass hears this utterance only.
+    assert final.final and final.offset == pytest.approx(11.75 - policy.config.pre_roll_s, abs=0.04)
+    assert final.prompt == "early"
+
+
 def test_prompt_holds_only_committed_text_before_the_buffer():
     policy = make_policy(agreement_after_s=0.0, agreement_margin_s=0.0)
     policy.push_audio(speech(1.0))
@@ -245,14 +314,15 @@ def test_prompt_is_limited_to_the_last_characters_on_a_word_boundary():
     policy = make_policy(prompt_chars=20)
     policy.push_audio(speech(1.0))
     policy.push_audio(silence(0.75))
-    policy.apply(policy.next_pass(), result(words_of("alpha beta gamma delta epsilon zeta", 0.0)), elapsed=0.1)
+    words = words_of("alpha beta gamma delta epsilon zeta", 0.0, spacing=0.12)
+    policy.apply(policy.next_pass(), result(words), elapsed=0.1)
     policy.push_audio(speech(1.0))
     prompt = policy.next_pass().prompt
     assert prompt == "delta epsilon zeta"
 
 
 def test_repetition_loop_is_never_committed_and_drops_the_prompt():
-    policy = make_policy()
+    policy = make_policy(context_s=0.0)  # no context: the final pass is prompted with the earlier text
     policy.push_audio(speech(1.0))
     policy.push_audio(silence(0.75))
     policy.apply(policy.next_pass(), result(words_of("before.", 0.0)), elapsed=0.1)

@@ -7,12 +7,19 @@ the passes it asked for (``apply``); it never calls the model itself. Its decisi
   ``finalize_silence_s`` of silence (or at ``finish``).
 * While an utterance is open, *partial* passes (small beam) run over its buffer every ``step`` seconds of new
   audio; their words after the committed text are the ``partial`` event.
-* When it ends, ONE *final* pass (large beam) runs over the whole utterance and its text is committed, minus
-  the words of that utterance already committed, matched by text (word times jitter between passes).
+* When it ends, ONE *final* pass (large beam) runs over the whole utterance and its text is committed. That pass
+  also hears up to ``context_s`` of the audio before the utterance (earlier utterances, already committed):
+  Whisper decodes a few seconds of speech alone much worse than the same words inside their context. The words
+  it re-says are removed by text (committed-prefix matching, robust to jitter and re-wording) and by time (no
+  word ending before the utterance is new), so only what follows is committed.
+* A short utterance with no such context (the first one of a session) is held open over pauses shorter than
+  ``hold_silence_s`` until its final pass would hear ``min_final_window_s`` of audio: the first words are then
+  decoded together with the next ones instead of alone.
 * Long utterances commit early: once the buffer holds ``agreement_after_s`` of audio, words that two
   consecutive passes agree on (LocalAgreement-2) are committed; at ``max_utterance_s`` a *trim* pass commits
-  up to a segment boundary and the buffer is cut there, so every pass costs a bounded amount.
-* The prompt is committed text from BEFORE the buffer only (committed words still inside the buffer made
+  up to a segment boundary and the buffer is cut at a committed sentence end, keeping up to half of it (committed
+  words, matched by text) as context for the next passes, so every pass costs a bounded amount.
+* The prompt is committed text from BEFORE the pass's audio only (committed words still inside the audio made
   Whisper skip them).
 * Hallucinations on low-speech audio and repetition loops are never committed.
 * Pass time is measured: when passes are slower than the step, the step grows instead of the lag.
@@ -48,7 +55,7 @@ class StreamingConfig:
     min_step_s: float = 0.5            # least new audio between two partial passes
     finalize_silence_s: float = 0.5    # silence that ends an utterance
     max_utterance_s: float = 15.0      # buffer length at which a trim pass commits and cuts the buffer
-    agreement_after_s: float = 4.0     # LocalAgreement commits only in buffers at least this long (inf: never)
+    agreement_after_s: float = 6.0     # LocalAgreement commits only in buffers at least this long (inf: never)
     agreement_margin_s: float = 1.0    # ... and only words ending this far before the buffer end
     prompt_chars: int = 200
     partial_beam_size: int = 1
@@ -57,7 +64,11 @@ class StreamingConfig:
     task: Literal["transcribe", "translate"] = "transcribe"
     vad_threshold: float = 0.5
     min_speech_s: float = 0.25         # utterances with less detected speech are dropped unheard
-    speech_pad_s: float = 0.2          # audio kept before speech onset and after speech end
+    pre_roll_s: float = 0.5            # audio kept before speech onset (Whisper mis-hears clipped word starts)
+    speech_pad_s: float = 0.2          # audio kept after speech end (<= quiet_tail_s: the early final pass hears it)
+    context_s: float = 6.0             # earlier audio a final pass hears before its utterance (0: none)
+    min_final_window_s: float = 4.0    # a final pass hearing less audio than this waits for more speech ...
+    hold_silence_s: float = 1.5        # ... unless the speaker has been silent this long
     min_partial_s: float = 0.5         # no partial pass before the utterance holds this much audio
     quiet_tail_s: float = 0.25         # no partial pass while the utterance has been silent this long
 
@@ -73,6 +84,12 @@ class StreamingConfig:
             raise InvalidInput("max_utterance_s must lie between 2 and 28 seconds")
         if self.partial_beam_size < 1 or self.final_beam_size < 1:
             raise InvalidInput("beam sizes must be at least 1")
+        if self.pre_roll_s < 0 or self.speech_pad_s < 0:
+            raise InvalidInput("pre_roll_s and speech_pad_s must not be negative")
+        if self.context_s < 0 or self.min_final_window_s < 0:
+            raise InvalidInput("context_s and min_final_window_s must not be negative")
+        if self.hold_silence_s < self.finalize_silence_s:
+            raise InvalidInput("hold_silence_s must be at least finalize_silence_s")
 
 
 @dataclass(frozen=True)
@@ -115,6 +132,9 @@ class StreamEvent:
 # Pure helpers: text normalisation, alignment, agreement, loops, hallucinations.
 
 _NON_WORD = re.compile(r"[^\w']+")
+_MAX_WINDOW_S = 28.0    # Whisper hears 30 s at once; a longer pass would be cut into windows without context
+_HEARD_AGAIN_S = 0.05   # committed words ending this close before a pass's audio count as heard again (jitter)
+_GAP_SLACK_S = 0.1      # word times are off by about this much: a cut between two words may move that far
 
 
 def word_key(text: str) -> str:
@@ -223,10 +243,10 @@ class _Utterance:
     speech_samples: int = 0
     end: int | None = None              # set when the VAD closed it
     committed: list[Word] = field(default_factory=list)  # its committed words still inside the buffer
-    overlap: list[Word] = field(default_factory=list)    # committed words just before a trim cut
     previous_tail: list[str] | None = None               # last partial's uncommitted keys (for agreement)
     last_words: list[Word] = field(default_factory=list)  # last hypothesis, for trimming
     no_prompt: bool = False             # a repetition loop was seen: decode without prompt from now on
+    trimmed: bool = False               # its buffer was cut (it has committed words before utt.start)
     speculated: int = -1                # last_speech_end for which an early final pass was asked
 
 
@@ -250,6 +270,7 @@ class StreamingPolicy:
         self._frames = 0
         self._in_speech = False
         self._floor = 0                    # no new utterance may start before this sample (previous one's end)
+        self._anchors: deque[int] = deque()  # starts of closed utterances: where a final pass's context may begin
 
         self._current: _Utterance | None = None
         self._pending: deque[_Utterance] = deque()   # closed utterances waiting for their final pass
@@ -288,13 +309,22 @@ class StreamingPolicy:
         cur = self._current
         if speech:
             if cur is None:
-                start = max(frame_start - int(cfg.speech_pad_s * self._sr), self._floor, self._buf_start)
+                start = max(frame_start - int(cfg.pre_roll_s * self._sr), self._floor, self._buf_start)
                 cur = self._current = _Utterance(id=self._next_id, start=start, last_speech_end=frame_end)
                 self._next_id += 1
             cur.speech_samples += self._frame
             cur.last_speech_end = frame_end
-        elif cur is not None and frame_end - cur.last_speech_end >= cfg.finalize_silence_s * self._sr:
+        elif cur is not None and frame_end - cur.last_speech_end >= self._silence_to_close(cur) * self._sr:
             self._close_current(frame_end)
+
+    def _silence_to_close(self, utt: _Utterance) -> float:
+        """Silence that ends ``utt``: longer while its final pass would hear too little audio to decode well."""
+        cfg = self.config
+        if cfg.min_final_window_s <= 0 or utt.committed or utt.trimmed:
+            return cfg.finalize_silence_s
+        end = min(utt.last_speech_end + int(cfg.speech_pad_s * self._sr), self._total)
+        window = (end - self._window_start(utt, end)) / self._sr
+        return cfg.finalize_silence_s if window >= cfg.min_final_window_s else cfg.hold_silence_s
 
     def _close_current(self, now_sample: int) -> None:
         cur = self._current
@@ -307,15 +337,23 @@ class StreamingPolicy:
             return
         cur.end = end
         self._pending.append(cur)
+        self._anchors.append(cur.start)
 
     def _drop_unneeded_audio(self) -> None:
-        """Keep audio from the oldest open utterance on, or a short pre-roll while nobody speaks."""
+        """Keep audio from the oldest open utterance on (or a short pre-roll while nobody speaks), and the context
+        its final pass may hear: at most ``context_s`` more."""
         if self._pending:
             keep_from = self._pending[0].start
         elif self._current is not None:
             keep_from = self._current.start
         else:
-            keep_from = max(self._floor, self._total - int(self.config.speech_pad_s * self._sr) - self._frame)
+            keep_from = max(self._floor, self._total - int(self.config.pre_roll_s * self._sr) - self._frame)
+        # Later utterances start later still: an anchor too old for the oldest one is too old for good.
+        oldest_useful = keep_from - int(self.config.context_s * self._sr)
+        while self._anchors and (self._anchors[0] < max(oldest_useful, self._buf_start)):
+            self._anchors.popleft()
+        if self._anchors:
+            keep_from = min(keep_from, self._anchors[0])
         keep_from = max(keep_from, self._buf_start)
         if keep_from > self._buf_start:
             self._audio = self._audio[keep_from - self._buf_start:]
@@ -372,14 +410,35 @@ class StreamingPolicy:
             end = min(utt.last_speech_end + int(self.config.speech_pad_s * self._sr), self._total)
         else:
             end = self._total
-        audio = self._audio[utt.start - self._buf_start:end - self._buf_start].copy()
-        return PassRequest(audio=audio, offset=utt.start / self._sr, prompt=self._prompt(utt), final=final,
+        start = self._window_start(utt, end) if final else utt.start
+        audio = self._audio[start - self._buf_start:end - self._buf_start].copy()
+        offset = start / self._sr
+        return PassRequest(audio=audio, offset=offset, prompt=self._prompt(utt, offset), final=final,
                            utterance_id=utt.id, trim=trim)
 
-    def _prompt(self, utt: _Utterance) -> str | None:
+    def _window_start(self, utt: _Utterance, end: int) -> int:
+        """First sample of a final pass over ``utt`` ending at ``end``: the start of the earliest earlier utterance
+        within ``context_s`` (so the context begins in a pause, not mid-word), keeping the window under 30 s."""
+        limit = max(utt.start - int(self.config.context_s * self._sr), end - int(_MAX_WINDOW_S * self._sr),
+                    self._buf_start)
+        for anchor in self._anchors:
+            if anchor >= utt.start:
+                break
+            if anchor >= limit:
+                return anchor
+        return utt.start
+
+    def _split_committed(self, offset: float) -> int:
+        """Index of the first committed word a pass starting at ``offset`` (stream seconds) can hear again."""
+        i = len(self._committed)
+        while i and self._committed[i - 1].end > offset - _HEARD_AGAIN_S:
+            i -= 1
+        return i
+
+    def _prompt(self, utt: _Utterance, offset: float) -> str | None:
         if self.config.prompt_chars <= 0 or utt.no_prompt:
             return None
-        before = self._committed[:len(self._committed) - len(utt.committed)]
+        before = self._committed[:self._split_committed(offset)]
         text = join_words(before)
         if len(text) > self.config.prompt_chars:
             text = text[-self.config.prompt_chars:]
@@ -417,8 +476,14 @@ class StreamingPolicy:
             utt.no_prompt = True
             utt.previous_tail = None
 
-        known = [word_key(w.word) for w in (*utt.overlap, *utt.committed)]
+        # Committed words the pass heard again (context, or this utterance's earlier commits) are matched by text;
+        # anything left that ends before the utterance's own audio is context the matcher missed (or a
+        # hallucination in the pause before it), never new speech.
+        known = [word_key(w.word) for w in self._committed[self._split_committed(request.offset):]]
         skip = committed_prefix_length(known, keys)
+        own_start = utt.start / self._sr
+        while skip < len(words) and words[skip].end <= own_start:
+            skip += 1
         tail, tail_keys = words[skip:], keys[skip:]
         utt.last_words = tail
 
@@ -500,10 +565,7 @@ class StreamingPolicy:
     def _cut_buffer(self, utt: _Utterance, request: PassRequest, tail: list[Word]) -> None:
         """Move the utterance start past its committed words, so every pass stays bounded."""
         if utt.committed:
-            cut = utt.committed[-1].end
-            if tail:
-                cut = min(cut, tail[0].start)
-            utt.overlap = utt.committed[-1:]
+            cut = self._cut_point(utt.committed, tail, request.end)
         elif not tail or request.audio.size / self._sr >= 28.0:
             # The VAD hears speech the model does not transcribe (or only loops): keep the last few seconds.
             cut = request.end - self.config.max_utterance_s / 3
@@ -512,9 +574,38 @@ class StreamingPolicy:
         cut_sample = max(utt.start, min(int(cut * self._sr), self._total))
         log.debug("utterance %d trimmed at %.2f s", utt.id, cut_sample / self._sr)
         utt.start = cut_sample
+        utt.trimmed = True
         utt.committed = []
         utt.previous_tail = None
         self._drop_unneeded_audio()
+
+    def _cut_point(self, committed: list[Word], tail: list[Word], end: float) -> float:
+        """Where to cut a buffer whose leading ``committed`` words are final.
+
+        The cut keeps up to half of ``max_utterance_s`` (to ``end``), committed words included: the passes after
+        it still hear the speech before their new words (a buffer starting at a sentence's last words makes the
+        model guess them). Within that, at the earliest committed sentence end (a pass starting at a sentence
+        start decodes like an utterance start; one starting mid-word makes words up), else at the earliest word
+        boundary; and within the gap between two words, at the frame the VAD found least speech-like.
+        """
+        following = [*committed[1:], *tail[:1]]
+        keep = self.config.max_utterance_s / 2
+        boundaries = [i for i in range(len(following)) if end - following[i].start <= keep]
+        if not boundaries:  # the words not yet committed alone are longer than that: cut after the committed ones
+            return self._quietest(committed[-1].end, tail[0].start) if tail else committed[-1].end
+        sentences = [i for i in boundaries if committed[i].word.rstrip().endswith((".", "?", "!"))]
+        i = (sentences or boundaries)[0]
+        return self._quietest(committed[i].end, following[i].start)
+
+    def _quietest(self, a: float, b: float) -> float:
+        """The least speech-like frame around the gap between two words ending at ``a`` and starting at ``b``."""
+        lo, hi = min(a, b) - _GAP_SLACK_S, max(a, b) + _GAP_SLACK_S
+        first = max(int(lo * self._sr) // self._frame - self._probs_start, 0)
+        last = min(int(hi * self._sr) // self._frame - self._probs_start + 1, self._probs.size)
+        if last <= first:
+            return (a + b) / 2
+        quietest = first + int(np.argmin(self._probs[first:last]))
+        return (self._probs_start + quietest) * self._frame / self._sr
 
     def _commit(self, utt: _Utterance, words: Sequence[Word]) -> list[StreamEvent]:
         if not words:
@@ -561,7 +652,11 @@ class StreamingPolicy:
         if oldest is None:
             return 0.0
         heard = max(self._last_pass_end, oldest.start / self._sr)
-        return max(0.0, self.audio_seconds - heard)
+        needed = self._total
+        if not self._pending and self._current is not None:
+            # The silence an utterance is held open over needs no pass.
+            needed = min(needed, self._current.last_speech_end + int(self.config.speech_pad_s * self._sr))
+        return max(0.0, needed / self._sr - heard)
 
     @property
     def passes(self) -> int:
