@@ -15,13 +15,6 @@ TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 
 @pytest.fixture
-def db(tmp_path):
-    database = Database(tmp_path / "appliance.db")
-    yield database
-    database.close()
-
-
-@pytest.fixture
 def jobs(db):
     return JobStore(db)
 
