@@ -189,7 +189,9 @@ class LiveClient:
         self.events: list[Received] = []
         for name in SERVER_EVENTS:
             self.sio.on(name, self._recorder(name))
-        self.sio.connect(url, auth={"token": token} if token else None, transports=transports,
+        # WebSocket from the start, as the browser page does: the polling->websocket upgrade of python-engineio's
+        # client raced with the first events sent right after connecting and dropped the connection.
+        self.sio.connect(url, auth={"token": token} if token else None, transports=transports or ["websocket"],
                          wait_timeout=timeout)
 
     def _recorder(self, name: str) -> Callable[[Any], None]:

@@ -24,6 +24,12 @@ from whisper_appliance.core.wer import normalize, word_error_rate
 
 from ..conftest import reference_text
 
+# Intermittently (about one full run of this file in three on 2 busy cores) the python-socketio test client's
+# connection dropped right after it connected, before the server's reply arrived; the server logged the
+# disconnect and kept serving. Until that is understood, a failed test here is retried once; retries show in the
+# report ("R") so they stay visible.
+pytestmark = pytest.mark.flaky(reruns=1, reruns_delay=2)
+
 ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("bench_live", ROOT / "scripts" / "bench_live.py")
 bench = importlib.util.module_from_spec(_spec)
