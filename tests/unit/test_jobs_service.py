@@ -208,6 +208,10 @@ def test_job_completes_into_history_and_its_file_is_deleted(env):
 def test_progress_is_monotonic_up_to_one_and_the_final_status_is_published(env):
     view = env.submit(env.wav(12.0))
     env.wait(view.job_id)
+    # The terminal event is published just after the store records completion: give it a moment to arrive.
+    deadline = time.monotonic() + 5
+    while env.events.for_job(view.job_id)[-1]["status"] != "completed" and time.monotonic() < deadline:
+        time.sleep(0.01)
     events = env.events.for_job(view.job_id)
     progress = [e["progress"] for e in events if e["status"] == "processing"]
     assert len(progress) >= 3
