@@ -26,11 +26,13 @@ what a long job costs live latency. Goals on 2 cores with tiny.en: commit p50 <=
 from __future__ import annotations
 
 import argparse
+import asyncio
 import io
 import math
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -41,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import numpy as np
 import requests
 import socketio
@@ -176,30 +179,62 @@ class Outcome:
         }
 
 
-class LiveClient:
-    """A python-socketio client speaking the live dictation protocol, recording every event with its time."""
+class SocketClient:
+    """A python-socketio client for threaded code: ``socketio.AsyncClient`` on its own event-loop thread.
+
+    Why not the threaded ``socketio.Client``: over wss:// it reads and writes one TLS socket from two threads
+    (websocket-client's read loop and write loop), which Python's ssl module does not support; about one
+    connection in ten dropped a few milliseconds after connecting, the server having done nothing wrong
+    (python-engineio issue #461, reproduced here with 80 short sessions). The asyncio client does all its I/O on
+    one thread. Every server event is recorded with its arrival time in ``events``.
+    """
 
     def __init__(self, url: str, *, verify: str | bool = True, token: str | None = None,
                  transports: list[str] | None = None, timeout: float = 15) -> None:
-        http = requests.Session()
-        http.verify = verify
-        http.trust_env = False
-        self.sio = socketio.Client(http_session=http, reconnection=False, ssl_verify=bool(verify))
         self._cond = threading.Condition()
         self.events: list[Received] = []
-        for name in SERVER_EVENTS:
-            self.sio.on(name, self._recorder(name))
-        # WebSocket from the start, as the browser page does: the polling->websocket upgrade of python-engineio's
-        # client raced with the first events sent right after connecting and dropped the connection.
-        self.sio.connect(url, auth={"token": token} if token else None, transports=transports or ["websocket"],
-                         wait_timeout=timeout)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="socketio-client", daemon=True)
+        self._thread.start()
+        try:
+            self._call(self._connect(url, verify, token, transports, timeout), timeout + 5)
+        except BaseException:
+            self._close_loop()
+            raise
 
-    def _recorder(self, name: str) -> Callable[[Any], None]:
-        def record(payload: Any = None) -> None:
-            with self._cond:
-                self.events.append(Received(time.perf_counter(), name, payload))
-                self._cond.notify_all()
-        return record
+    async def _connect(self, url: str, verify: str | bool, token: str | None, transports: list[str] | None,
+                       timeout: float) -> None:
+        ssl_context: ssl.SSLContext | bool
+        if isinstance(verify, str):
+            ssl_context = ssl.create_default_context(cafile=verify)
+        else:
+            ssl_context = ssl.create_default_context() if verify else False
+        self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl_context), trust_env=False)
+        self.sio = socketio.AsyncClient(http_session=self._http, reconnection=False, ssl_verify=bool(verify))
+        self.sio.on("*", self._record)
+        self.sio.on("disconnect", lambda *reason: self._record("disconnect", reason[0] if reason else None))
+        # WebSocket from the start, as the browser page does.
+        await self.sio.connect(url, auth={"token": token} if token else None,
+                               transports=transports or ["websocket"], wait_timeout=timeout)
+
+    def _record(self, name: str, payload: Any = None) -> None:
+        with self._cond:
+            self.events.append(Received(time.perf_counter(), name, payload))
+            self._cond.notify_all()
+
+    def _call(self, coro: Any, timeout: float = 30) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.sio.connected)
+
+    def emit(self, name: str, payload: Any = None) -> None:
+        self._call(self.sio.emit(name, payload))
+
+    def call(self, name: str, payload: Any = None, timeout: float = 10) -> Any:
+        """An event with an acknowledgement; returns what the server's handler returned."""
+        return self._call(self.sio.call(name, payload, timeout=timeout), timeout + 5)
 
     def wait_for(self, predicate: Callable[[Received], bool], timeout: float, *, after: int = 0) -> Received:
         """The first event from index ``after`` on that matches; TimeoutError when none arrives in time."""
@@ -219,8 +254,25 @@ class LiveClient:
         with self._cond:
             return len(self.events)
 
-    def emit(self, name: str, payload: Any = None) -> None:
-        self.sio.emit(name, payload)
+    def disconnect(self) -> None:
+        if self._loop.is_closed():
+            return
+        try:
+            self._call(self.sio.disconnect(), 15)
+        finally:
+            self._close_loop()
+
+    def _close_loop(self) -> None:
+        http = getattr(self, "_http", None)
+        if http is not None:
+            asyncio.run_coroutine_threadsafe(http.close(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+
+class LiveClient(SocketClient):
+    """The live dictation protocol on top of ``SocketClient``."""
 
     def start(self, fmt: str = "pcm16", timeout: float = 15, **params: Any) -> dict[str, Any]:
         """start_recording; returns recording_started's payload, raises RuntimeError on transcription_error."""
@@ -267,9 +319,6 @@ class LiveClient:
         with self._cond:
             events = self.events[mark:]
         return Outcome(chunk_s=chunk_s, duration=duration, sent=sent, events=events, started_at=started)
-
-    def disconnect(self) -> None:
-        self.sio.disconnect()
 
 
 # ---------------------------------------------------------------------------------------------------------------

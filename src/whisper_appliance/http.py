@@ -14,7 +14,8 @@ import functools
 import logging
 import re
 import unicodedata
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from flask import Flask, Response, current_app, g, jsonify, request, session
 from flask_limiter import Limiter

@@ -7,20 +7,33 @@ restarts). ``api`` is a ``requests`` session that trusts the generated certifica
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 import requests
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load_bench_live():
+    """scripts/bench_live.py: its Socket.IO clients and chunking helpers are the ones the e2e tests use."""
+    spec = importlib.util.spec_from_file_location("bench_live", ROOT / "scripts" / "bench_live.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("bench_live", module)  # dataclasses look their module up by name
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+bench = _load_bench_live()
 ADMIN_PASSWORD = "e2e-admin-password"
 API_TOKEN = "e2e-test-token"
 
@@ -63,7 +76,7 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def start(self, *, wait_ready: bool = True, timeout: float = 180) -> "ServerProcess":
+    def start(self, *, wait_ready: bool = True, timeout: float = 180) -> ServerProcess:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, str(ROOT / "src" / "main.py"), "serve"], cwd=ROOT,
                                      env=self.env, stdout=log, stderr=subprocess.STDOUT,

@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import requests
-import socketio
 
 from tests.conftest import SPEECH_DIR
-from tests.e2e.conftest import ServerProcess
+from tests.e2e.conftest import ServerProcess, bench
 from whisper_appliance.core.catalog import MODEL_NAMES
 
 GENERATED = re.compile(r"Admin password generated: (\S+)")
@@ -199,14 +198,11 @@ def test_deleting_the_loaded_model_is_409(admin, server):
 def test_switch_to_an_unavailable_model_and_back(start_server):
     srv = start_server()
     s = login(srv)
-    events: list[dict] = []
-    sio = socketio.Client(ssl_verify=False, reconnection=False)
+    sio = bench.SocketClient(srv.base_url, verify=str(srv.cert_path), token=srv.token, timeout=20)
 
-    @sio.on("model_status")
-    def on_status(data):
-        events.append(data)
+    def events() -> list[dict]:
+        return [e.payload for e in sio.events if e.name == "model_status"]
 
-    sio.connect(srv.base_url, auth={"token": srv.token}, wait_timeout=20)
     try:
         r = s.post(srv.url("/api/models/load"), json={"name": "medium"}, timeout=10)
         assert r.status_code == 202
@@ -217,7 +213,7 @@ def test_switch_to_an_unavailable_model_and_back(start_server):
         assert "not available offline" in failed["error"] and "tiny.en" in failed["error"]
         assert transcribe(s, srv, JFK).status_code == 503  # no model now, and the reply says so
         # Events are coalesced per model: see the error delivered before the next load replaces it.
-        wait_for(lambda: any(e["name"] == "medium" and e["state"] == "error" for e in events),
+        wait_for(lambda: any(e["name"] == "medium" and e["state"] == "error" for e in events()),
                  "the model_status event of the failed load", timeout=30)
 
         r = s.post(srv.url("/api/models/load"), json={"name": "tiny.en"}, timeout=10)
@@ -226,12 +222,12 @@ def test_switch_to_an_unavailable_model_and_back(start_server):
         r = transcribe(s, srv, JFK)
         assert r.status_code == 200 and "country" in r.json()["text"].lower()
 
-        wait_for(lambda: any(e["name"] == "tiny.en" and e["state"] == "ready" for e in events),
+        wait_for(lambda: any(e["name"] == "tiny.en" and e["state"] == "ready" for e in events()),
                  "the model_status event of the reload", timeout=30)
     finally:
         sio.disconnect()
-    states = [(e["name"], e["state"]) for e in events]
+    states = [(e["name"], e["state"]) for e in events()]
     assert ("medium", "error") in states
     assert ("tiny.en", "ready") in states
-    error_event = next(e for e in events if e["state"] == "error")
+    error_event = next(e for e in events() if e["state"] == "error")
     assert "tiny.en" in error_event["error"]

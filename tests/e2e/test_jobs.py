@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
-import socketio
+
+from tests.e2e.conftest import bench
 
 TERMINAL = ("completed", "failed", "cancelled")
 
@@ -67,10 +68,7 @@ def test_progress_is_reported_while_a_job_runs(server, api, speech_dir, tmp_path
     # faster-whisper decodes 30-second windows and hands out a window's segments together, so one window
     # (the 26 s file alone) moves 0 -> 1 in a single jump; three copies give three windows to watch.
     audio = unique_copy(speech_dir / "synthetic_meeting.wav", tmp_path, repeat=3)
-    events: list[dict[str, Any]] = []
-    sio = socketio.Client(ssl_verify=False)
-    sio.on("job_progress", lambda data: events.append(data))
-    sio.connect(server.base_url, transports=["websocket"], wait_timeout=10)
+    sio = bench.SocketClient(server.base_url, verify=str(server.cert_path))
     try:
         created = submit(api, server, audio)
         ack = sio.call("join_job", {"job_id": created["job_id"]}, timeout=10)
@@ -96,9 +94,8 @@ def test_progress_is_reported_while_a_job_runs(server, api, speech_dir, tmp_path
         assert len(distinct) >= 3, polled
         assert polled == sorted(polled), "progress went backwards"
 
-        deadline = time.monotonic() + 5
-        while not (events and events[-1]["status"] == "completed") and time.monotonic() < deadline:
-            time.sleep(0.05)
+        sio.wait_for(lambda e: e.name == "job_progress" and e.payload["status"] == "completed", 5)
+        events = [e.payload for e in sio.events if e.name == "job_progress"]
         values = [e["progress"] for e in events]
         assert values == sorted(values), events
         assert events[-1]["status"] == "completed" and events[-1]["progress"] == 1.0
@@ -108,17 +105,12 @@ def test_progress_is_reported_while_a_job_runs(server, api, speech_dir, tmp_path
 
 
 def test_join_job_with_an_unknown_id_is_an_error(server):
-    errors: list[dict[str, Any]] = []
-    sio = socketio.Client(ssl_verify=False)
-    sio.on("job_error", lambda data: errors.append(data))
-    sio.connect(server.base_url, transports=["websocket"], wait_timeout=10)
+    sio = bench.SocketClient(server.base_url, verify=str(server.cert_path))
     try:
         ack = sio.call("join_job", {"job_id": "no-such-job"}, timeout=10)
         assert ack["error"]["code"] == "not_found"
-        deadline = time.monotonic() + 5
-        while not errors and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert errors and errors[0]["job_id"] == "no-such-job"
+        error = sio.wait_for(lambda e: e.name == "job_error", 5)
+        assert error.payload["job_id"] == "no-such-job"
     finally:
         sio.disconnect()
 

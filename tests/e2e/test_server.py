@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 import requests
-import socketio
 from cryptography import x509
 
 from tests.conftest import SPEECH_DIR, reference_text
-from tests.e2e.conftest import ServerProcess, make_server
+from tests.e2e.conftest import ServerProcess, bench, make_server
 from whisper_appliance.core.wer import word_error_rate
 
 JFK = SPEECH_DIR / "jfk.mp3"
@@ -198,10 +197,7 @@ def three_minute_file(tmp_path_factory) -> Path:
 
 
 def test_health_stays_fast_and_sockets_stay_connected_during_a_long_transcription(server, three_minute_file):
-    client = socketio.Client(ssl_verify=False, reconnection=False)
-    disconnects: list[str] = []
-    client.on("disconnect", lambda *a: disconnects.append("disconnect"))
-    client.connect(server.base_url, transports=["websocket"], auth={"token": server.token}, wait_timeout=10)
+    client = bench.SocketClient(server.base_url, verify=str(server.cert_path), token=server.token)
     result: dict = {}
 
     def long_upload() -> None:
@@ -220,7 +216,7 @@ def test_health_stays_fast_and_sockets_stay_connected_during_a_long_transcriptio
             assert r.status_code == 200
             time.sleep(0.05)
         worker.join()
-        assert client.connected and not disconnects
+        assert client.connected and not [e for e in client.events if e.name == "disconnect"]
     finally:
         client.disconnect()
     assert result["response"].status_code == 200

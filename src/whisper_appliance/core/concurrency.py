@@ -22,8 +22,9 @@ from __future__ import annotations
 import importlib
 import sys
 import threading as _threading_at_import
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .catalog import ENGINES, MODEL_NAMES
 from .errors import ConfigError
@@ -119,7 +120,7 @@ class Settings:
     live_max_chunks_per_second: int = 20
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         errors: list[str] = []
@@ -135,7 +136,7 @@ class Settings:
         values.update(overrides)
         return cls(**values).validated()
 
-    def validated(self) -> "Settings":
+    def validated(self) -> Settings:
         problems = []
         if self.whisper_engine not in ENGINES:
             problems.append(f"WHISPER_ENGINE={self.whisper_engine!r}: use one of {', '.join(ENGINES)}")
@@ -167,7 +168,7 @@ class Settings:
             raise ConfigError("Invalid configuration:\n  " + "\n  ".join(problems))
         return self
 
-    def replace(self, **changes: Any) -> "Settings":
+    def replace(self, **changes: Any) -> Settings:
         return replace(self, **changes).validated()
 
     def public_dict(self) -> dict[str, Any]:

@@ -6,7 +6,8 @@ the CLI accept the same values and reject the same mistakes with the same messag
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from .config import parse_bool
 from .errors import InvalidInput

@@ -6,8 +6,9 @@ JSON with ``to_dict()``. Engines yield ``Segment`` records lazily; ``Transcript`
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 SAMPLE_RATE = 16_000
 TASKS = ("transcribe", "translate")
@@ -50,7 +51,7 @@ class Segment:
         return out
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Segment":
+    def from_dict(cls, d: dict[str, Any]) -> Segment:
         return cls(id=int(d.get("id", 0)), start=float(d["start"]), end=float(d["end"]), text=str(d["text"]),
                    avg_logprob=float(d.get("avg_logprob", 0.0)), no_speech_prob=float(d.get("no_speech_prob", 0.0)),
                    words=tuple(Word(float(w["start"]), float(w["end"]), str(w["word"]),
@@ -75,7 +76,7 @@ class Transcript:
     segments: tuple[Segment, ...] = ()
 
     @classmethod
-    def from_segments(cls, segments: Iterable[Segment], info: TranscriptionInfo) -> "Transcript":
+    def from_segments(cls, segments: Iterable[Segment], info: TranscriptionInfo) -> Transcript:
         segs = tuple(segments)
         return cls(text=join_text(s.text for s in segs), language=info.language,
                    language_probability=info.language_probability, duration=info.duration, segments=segs)
@@ -87,7 +88,7 @@ class Transcript:
                 "segments": [s.to_dict(words=words) for s in self.segments]}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Transcript":
+    def from_dict(cls, d: dict[str, Any]) -> Transcript:
         return cls(text=str(d.get("text", "")), language=str(d.get("language") or ""),
                    language_probability=float(d.get("language_probability") or 0.0),
                    duration=float(d.get("duration") or 0.0),
@@ -117,7 +118,7 @@ class TranscribeOptions:
     condition_on_previous_text: bool = True
     without_timestamps: bool = False
 
-    def replace(self, **changes: Any) -> "TranscribeOptions":
+    def replace(self, **changes: Any) -> TranscribeOptions:
         return replace(self, **changes)
 
     def cache_key(self) -> dict[str, Any]:

@@ -42,7 +42,7 @@ class Appliance:
     extras: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, settings: Settings, *, models: ModelManager | None = None) -> "Appliance":
+    def build(cls, settings: Settings, *, models: ModelManager | None = None) -> Appliance:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         models = models or ModelManager(settings)
         scheduler = InferenceScheduler(models)

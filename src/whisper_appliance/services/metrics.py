@@ -6,7 +6,7 @@ depth, live sessions, model state) are read at scrape time through callbacks, so
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE  # noqa: F401  (re-exported for the web layer)
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, generate_latest

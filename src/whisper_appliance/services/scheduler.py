@@ -19,8 +19,9 @@ import enum
 import itertools
 import logging
 import time
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Generator, Generic, Iterator, TypeVar
+from typing import Any, Generic, TypeVar
 
 from ..core import concurrency
 from ..core.engines.base import Engine

@@ -13,10 +13,11 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Generator, Iterator
+from typing import IO, Any
 
 import numpy as np
 

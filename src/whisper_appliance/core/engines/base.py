@@ -8,7 +8,7 @@ segment as soon as it is decoded, which is what progress reporting, job preempti
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
