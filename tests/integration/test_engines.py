@@ -207,3 +207,36 @@ def test_openai_engine_is_not_imported_by_faster_path():
             "sys.exit(1 if 'torch' in sys.modules or 'whisper' in sys.modules else 0)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=MODELS_DIR.parent, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+# -- fitted encoder window (live passes) --------------------------------------------------------------------------
+def test_fitted_window_gives_the_same_words_on_short_audio(engines, audio):
+    engine = engines("tiny.en")
+    clip = audio("jfk")  # 11 s: a 12 s window instead of 30 s
+    full = transcribe_all(engine, clip, GREEDY_EXACT.replace(word_timestamps=True))
+    fitted = transcribe_all(engine, clip, GREEDY_EXACT.replace(word_timestamps=True, fit_window=True))
+    assert normalize(fitted.text) == normalize(full.text)
+    assert word_error_rate(reference_text("jfk"), fitted.text) == 0.0
+    words = [w for s in fitted.segments for w in s.words]
+    assert words and words[-1].end <= 11.1 and [w.start for w in words] == sorted(w.start for w in words)
+
+
+def test_fitted_window_does_not_leak_into_interleaved_full_window_calls(engines, audio):
+    """A stepped job (full window) interleaved with fitted live passes on the same model, as the scheduler does."""
+    engine = engines("tiny.en")
+    long_clip = np.concatenate([audio("synthetic_meeting"), audio("synthetic_meeting")])  # two 30 s windows
+    alone = transcribe_all(engine, long_clip, GREEDY_EXACT)
+    segments, _info = engine.transcribe(long_clip, GREEDY_EXACT)
+    interleaved = []
+    short = audio("jfk")[: 4 * SAMPLE_RATE]
+    for seg in segments:
+        interleaved.append(seg)
+        live = transcribe_all(engine, short, GREEDY_EXACT.replace(fit_window=True, beam_size=1))
+        assert "fellow americans" in normalize(live.text)
+    assert [s.text for s in interleaved] == [s.text for s in alone.segments]
+
+
+def test_openai_whisper_ignores_fit_window(engines, audio):
+    engine = engines("tiny.en", "openai-whisper", "float32")
+    fitted = transcribe_all(engine, audio("jfk"), GREEDY_EXACT.replace(fit_window=True))
+    assert word_error_rate(reference_text("jfk"), fitted.text) == 0.0

@@ -154,6 +154,7 @@ def test_partial_passes_follow_speech_with_live_options():
     options = policy.options_for(request)
     assert options.temperature == 0.0 and options.word_timestamps and not options.condition_on_previous_text
     assert options.beam_size == 1
+    assert options.fit_window  # live passes encode only their own audio, not 30 s
     events = policy.apply(request, result(words_of("hello there", 1.0)), elapsed=0.1)
     assert [(e.kind, e.text) for e in events] == [("partial", "hello there")]
     assert policy.committed_text == ""  # a short utterance commits nothing early
@@ -492,3 +493,12 @@ def test_commits_are_never_retracted_or_repeated_under_random_hypotheses():
                         previous = policy.committed_text
                 request = policy.finish() if step == 79 else None
         assert " ".join(concatenated) == policy.committed_text
+
+
+@pytest.mark.parametrize("seconds, frames", [(0.5, 1000), (3.0, 1000), (9.0, 1000), (9.01, 1100), (11.0, 1200),
+                                             (20.3, 2200), (28.0, 2900), (29.0, None), (45.0, None)])
+def test_fitted_encoder_window(seconds, frames):
+    """Audio length + 1 s of padding, whole seconds, at least 10 s; None (the full 30 s) when that is no shorter."""
+    from whisper_appliance.core.engines.faster import fitted_frames
+
+    assert fitted_frames(int(seconds * SAMPLE_RATE)) == frames

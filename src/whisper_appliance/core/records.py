@@ -106,6 +106,10 @@ class TranscribeOptions:
 
     ``temperature=None`` means Whisper's usual fallback schedule (0.0, 0.2, ... 1.0); a number means exactly
     that temperature and no fallback (what live passes want: retries made some passes take seconds).
+
+    ``fit_window`` (faster-whisper only; openai-whisper's encoder accepts nothing but 30 s) encodes only as much
+    of Whisper's 30-second window as audio shorter than that needs, plus a margin, instead of 30 s of padding:
+    live passes over a few seconds of speech then cost a fraction of a full window.
     """
 
     language: str | None = None
@@ -117,6 +121,7 @@ class TranscribeOptions:
     vad_filter: bool = False
     condition_on_previous_text: bool = True
     without_timestamps: bool = False
+    fit_window: bool = False
 
     def replace(self, **changes: Any) -> TranscribeOptions:
         return replace(self, **changes)

@@ -71,6 +71,7 @@ class StreamingConfig:
     hold_silence_s: float = 1.5        # ... unless the speaker has been silent this long
     min_partial_s: float = 0.5         # no partial pass before the utterance holds this much audio
     quiet_tail_s: float = 0.25         # no partial pass while the utterance has been silent this long
+    fit_window: bool = True            # encode only the pass's audio, not 30 s (TranscribeOptions.fit_window)
 
     def __post_init__(self) -> None:
         if self.sample_rate != SAMPLE_RATE:
@@ -450,7 +451,7 @@ class StreamingPolicy:
         beam = cfg.final_beam_size if (request.final or request.trim) else cfg.partial_beam_size
         return TranscribeOptions(language=self.language, task=cfg.task, beam_size=beam, temperature=0.0,
                                  initial_prompt=request.prompt, word_timestamps=True, vad_filter=False,
-                                 condition_on_previous_text=False)
+                                 condition_on_previous_text=False, fit_window=cfg.fit_window)
 
     # -- applying hypotheses -----------------------------------------------------------------------------------
 
