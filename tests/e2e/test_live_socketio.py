@@ -76,6 +76,9 @@ def check_never_retracted(out) -> None:
     for e in out.events:
         if e.name == "transcription_result":
             assert e.payload["final"] is True and e.payload["text"].strip()
+            words = e.payload["words"]  # the committed words with their stream times
+            assert normalize("".join(w["word"] for w in words)) == normalize(e.payload["text"])
+            assert words[0]["start"] == e.payload["start"] and words[-1]["end"] == e.payload["end"]
             assert e.payload["start"] >= committed_end - 0.5, "a commit went back over committed audio"
             committed_end = max(committed_end, e.payload["end"])
         elif e.name == "transcription_partial" and e.payload["text"]:

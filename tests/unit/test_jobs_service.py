@@ -19,7 +19,7 @@ import soundfile as sf
 
 from whisper_appliance.core.config import Settings
 from whisper_appliance.core.engines.base import Engine
-from whisper_appliance.core.errors import ApplianceError, AudioDecodeError, NotFound
+from whisper_appliance.core.errors import ApplianceError, AudioDecodeError, Conflict, NotFound
 from whisper_appliance.core.records import LanguageDetection, Segment, TranscribeOptions, TranscriptionInfo
 from whisper_appliance.services.database import Database
 from whisper_appliance.services.history import HistoryStore
@@ -372,3 +372,28 @@ def test_unfinished_jobs_resume_after_a_restart(env):
     assert waiting.status == "completed" and queue.result("waiting").output == "txt"
     assert lost.status == "failed" and "missing" in lost.error["message"]
     assert env.job_files() == []
+
+
+def test_restore_waits_for_unfinished_jobs_holds_new_ones_off_and_reloads_the_queue(env):
+    gate = block_scheduler(env.scheduler)
+    try:
+        view = env.submit(env.wav(3.0))
+        with pytest.raises(Conflict) as err, env.queue.suspended():
+            pass
+        assert err.value.code == "jobs_running" and err.value.status == 409
+    finally:
+        gate.set()
+    assert env.wait(view.job_id).status == "completed"
+
+    jobs_dir = env.settings.data_dir / "jobs"
+    with env.queue.suspended():
+        with pytest.raises(Conflict) as err:
+            env.submit(env.wav(1.0))
+        assert err.value.code == "restore_in_progress"
+        # What a restored database may hold: a job that was queued when the backup was taken.
+        restored = jobs_dir / "from-backup.wav"
+        env.wav(2.5).rename(restored)
+        env.store.create("from-backup.wav", str(restored), {"transcribe": {"language": "en"}, "output": "json",
+                                                              "audio_sha256": ""}, duration=2.5, job_id="from-backup")
+    assert env.wait("from-backup").status == "completed"  # resumed by the reloaded queue
+    assert env.wait(env.submit(env.wav(1.5)).job_id).status == "completed"  # and new jobs are taken again

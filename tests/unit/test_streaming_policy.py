@@ -174,6 +174,30 @@ def test_agreement_commits_only_the_agreed_prefix():
     assert policy.committed_text == "one two"
 
 
+def test_an_utterance_starts_committing_early_only_with_words_the_model_is_sure_of():
+    policy = make_policy(agreement_after_s=0.0, agreement_margin_s=0.0, agreement_min_probability=0.5)
+    policy.push_audio(speech(2.0))
+
+    def unsure_start(text: str) -> list[Word]:
+        words = words_of(text, 0.0)
+        return [Word(w.start, w.end, w.word, 0.3 if i == 0 else 0.9) for i, w in enumerate(words)]
+
+    policy.apply(policy.next_pass(), result(unsure_start("and we agreed")), elapsed=0.1)
+    policy.push_audio(speech(0.5))
+    events = policy.apply(policy.next_pass(), result(unsure_start("and we agreed to")), elapsed=0.1)
+    assert finals(events) == [] and policy.committed_text == ""  # two passes agree, but on an unsure first word
+    policy.push_audio(speech(0.5))
+    events = policy.apply(policy.next_pass(), result(words_of("everyone agreed to meet", 0.0)), elapsed=0.1)
+    policy.push_audio(speech(0.5))
+    events = policy.apply(policy.next_pass(), result(words_of("everyone agreed to meet again", 0.0)), elapsed=0.1)
+    assert finals(events) == ["everyone agreed to meet"]
+    # Once an utterance has committed words, later agreed words commit whatever their probability.
+    policy.push_audio(speech(0.5))
+    events = policy.apply(policy.next_pass(), result([*words_of("everyone agreed to meet", 0.0),
+                                                      Word(1.6, 1.9, " again", 0.2), Word(2.0, 2.3, " next", 0.2)]), 0.1)
+    assert finals(events) == ["again"]
+
+
 def test_final_pass_at_utterance_end_commits_the_rest_minus_committed_text_despite_jitter():
     policy = make_policy(agreement_after_s=0.0, agreement_margin_s=0.0)
     policy.push_audio(speech(2.0))
@@ -255,7 +279,7 @@ def test_short_utterance_alone_is_committed_after_the_hold_silence():
     assert policy.lag_seconds == 0.0
 
 
-def test_final_pass_hears_the_earlier_utterance_and_commits_only_the_new_words():
+def test_passes_hear_the_earlier_utterance_and_commit_only_the_new_words():
     policy = make_policy(context_s=10.0)
     policy.push_audio(speech(1.0))
     policy.push_audio(silence(1.0))
@@ -264,8 +288,10 @@ def test_final_pass_hears_the_earlier_utterance_and_commits_only_the_new_words()
     policy.push_audio(silence(2.0))
     policy.push_audio(speech(1.5))
     partial = policy.next_pass()
-    assert not partial.final and partial.offset == pytest.approx(4.0 - policy.config.pre_roll_s, abs=0.04)
-    assert partial.prompt == "ask not"  # (the buffer of a partial pass holds this utterance only)
+    # Partial passes hear the context too, and show only the words after it.
+    assert not partial.final and partial.offset == 0.0 and partial.prompt is None
+    events = policy.apply(partial, result([*words_of("ask not", 0.1), *words_of("what", 4.0)]), elapsed=0.1)
+    assert [(e.kind, e.text) for e in events] == [("partial", "what")]
     policy.push_audio(silence(0.75))
     final = policy.next_pass()
     # The final pass starts where the earlier utterance started, and is prompted with nothing said before that.
@@ -293,7 +319,7 @@ def test_context_is_limited_to_context_s_and_the_buffer_stays_bounded():
 
 
 def test_prompt_holds_only_committed_text_before_the_buffer():
-    policy = make_policy(agreement_after_s=0.0, agreement_margin_s=0.0)
+    policy = make_policy(agreement_after_s=0.0, agreement_margin_s=0.0, context_s=0.0)
     policy.push_audio(speech(1.0))
     policy.push_audio(silence(0.75))
     first = policy.next_pass()
@@ -312,7 +338,7 @@ def test_prompt_holds_only_committed_text_before_the_buffer():
 
 
 def test_prompt_is_limited_to_the_last_characters_on_a_word_boundary():
-    policy = make_policy(prompt_chars=20)
+    policy = make_policy(prompt_chars=20, context_s=0.0)
     policy.push_audio(speech(1.0))
     policy.push_audio(silence(0.75))
     words = words_of("alpha beta gamma delta epsilon zeta", 0.0, spacing=0.12)
@@ -338,7 +364,7 @@ def test_repetition_loop_is_never_committed_and_drops_the_prompt():
 
 
 def test_repetition_loop_in_a_partial_resets_the_prompt():
-    policy = make_policy()
+    policy = make_policy(context_s=0.0)
     policy.push_audio(speech(1.0))
     policy.push_audio(silence(0.75))
     policy.apply(policy.next_pass(), result(words_of("before.", 0.0)), elapsed=0.1)
@@ -409,8 +435,8 @@ def test_stop_flushes_the_open_utterance_as_final():
 class ScriptedSpeaker:
     """A continuous talker: word i spans [i * spacing, i * spacing + 0.3] s; every 9th word ends a sentence.
 
-    Each pass hears the words wholly inside its audio, with jittered times, and now and then mis-hears the
-    last word (which an agreement must then not commit).
+    Each pass hears the words wholly inside its audio, with jittered times, and a partial pass now and then
+    mis-hears the last word (which an agreement must then not commit).
     """
 
     def __init__(self, vocabulary: list[str], seed: int = 1, spacing: float = 0.4) -> None:
@@ -433,7 +459,7 @@ class ScriptedSpeaker:
             if start >= request.offset - 0.05:
                 jitter = self.rng.uniform(-0.08, 0.08)
                 text = self.word(i)
-                if i * self.spacing + 0.3 > request.end - 0.4 and self.rng.random() < 0.5:
+                if not request.final and i * self.spacing + 0.3 > request.end - 0.4 and self.rng.random() < 0.5:
                     text = "mumble"
                 words.append(Word(start + jitter, start + 0.3 + jitter, " " + text, 0.9))
             i += 1

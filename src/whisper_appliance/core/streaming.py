@@ -7,16 +7,21 @@ the passes it asked for (``apply``); it never calls the model itself. Its decisi
   ``finalize_silence_s`` of silence (or at ``finish``).
 * While an utterance is open, *partial* passes (small beam) run over its buffer every ``step`` seconds of new
   audio; their words after the committed text are the ``partial`` event.
-* When it ends, ONE *final* pass (large beam) runs over the whole utterance and its text is committed. That pass
-  also hears up to ``context_s`` of the audio before the utterance (earlier utterances, already committed):
-  Whisper decodes a few seconds of speech alone much worse than the same words inside their context. The words
-  it re-says are removed by text (committed-prefix matching, robust to jitter and re-wording) and by time (no
-  word ending before the utterance is new), so only what follows is committed.
+* When it ends, ONE *final* pass (large beam) runs over the whole utterance and its text is committed.
+* Every pass also hears up to ``context_s`` of the audio before the utterance (earlier utterances, already
+  committed): Whisper decodes a few seconds of speech alone much worse than the same words inside their context.
+  The words a pass re-says are removed by text (committed-prefix matching, robust to jitter and re-wording) and
+  by time (no word ending before the utterance is new), so only what follows is partial or committed. With the
+  encoder window fitted to the pass (``fit_window``) that context costs almost nothing.
 * A short utterance with no such context (the first one of a session) is held open over pauses shorter than
   ``hold_silence_s`` until its final pass would hear ``min_final_window_s`` of audio: the first words are then
   decoded together with the next ones instead of alone.
-* Long utterances commit early: once the buffer holds ``agreement_after_s`` of audio, words that two
-  consecutive passes agree on (LocalAgreement-2) are committed; at ``max_utterance_s`` a *trim* pass commits
+* Words commit before the utterance ends once a pass hears ``agreement_after_s`` of audio (context included,
+  so from the first words of an utterance in mid-session, and after a few seconds at a session's start, where
+  tiny.en guesses without context): words that two consecutive passes agree on (LocalAgreement-2), ending at
+  least ``agreement_margin_s`` before the audio end, are committed (an utterance's first words only with a word
+  probability of at least ``agreement_min_probability``: that is where two passes agreed on "and we" for
+  "Everyone"); at ``max_utterance_s`` a *trim* pass commits
   up to a segment boundary and the buffer is cut at a committed sentence end, keeping up to half of it (committed
   words, matched by text) as context for the next passes, so every pass costs a bounded amount.
 * The prompt is committed text from BEFORE the pass's audio only (committed words still inside the audio made
@@ -55,8 +60,10 @@ class StreamingConfig:
     min_step_s: float = 0.5            # least new audio between two partial passes
     finalize_silence_s: float = 0.5    # silence that ends an utterance
     max_utterance_s: float = 15.0      # buffer length at which a trim pass commits and cuts the buffer
-    agreement_after_s: float = 6.0     # LocalAgreement commits only in buffers at least this long (inf: never)
-    agreement_margin_s: float = 1.0    # ... and only words ending this far before the buffer end
+    agreement_after_s: float = 6.0     # LocalAgreement commits only in passes hearing at least this much audio
+                                       # (context included; inf: never)
+    agreement_margin_s: float = 0.5    # ... and only words ending this far before the buffer end
+    agreement_min_probability: float = 0.5  # ... and an utterance's first words only when the model is this sure
     prompt_chars: int = 200
     partial_beam_size: int = 1
     final_beam_size: int = 5
@@ -125,8 +132,11 @@ class StreamEvent:
     end: float
     words: tuple[Word, ...] = ()
 
-    def to_dict(self) -> dict:
-        return {"text": self.text, "start": round(self.start, 3), "end": round(self.end, 3)}
+    def to_dict(self, *, words: bool = False) -> dict:
+        out: dict = {"text": self.text, "start": round(self.start, 3), "end": round(self.end, 3)}
+        if words:
+            out["words"] = [{"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3)} for w in self.words]
+        return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -207,7 +217,7 @@ _HALLUCINATIONS = re.compile(
     r"|thank you(?: very much| so much)?|thanks"
     r"|you|bye|okay|so"
     r"|(?:subtitles|captions|subtitled|transcribed|translated|transcription) by.*"
-    r"|please subscribe.*|like and subscribe.*|see you (?:next time|in the next video)"
+    r"|please subscribe.*|like and subscribe.*|(?:we'll |i'll )?see you (?:next time|in the next video)"
     r"|(?:blank audio|blank_audio|silence|music|applause|inaudible|no speech)"
     r"|"  # nothing but music notes, brackets or punctuation
     r")$")
@@ -411,7 +421,7 @@ class StreamingPolicy:
             end = min(utt.last_speech_end + int(self.config.speech_pad_s * self._sr), self._total)
         else:
             end = self._total
-        start = self._window_start(utt, end) if final else utt.start
+        start = self._window_start(utt, end)
         audio = self._audio[start - self._buf_start:end - self._buf_start].copy()
         offset = start / self._sr
         return PassRequest(audio=audio, offset=offset, prompt=self._prompt(utt, offset), final=final,
@@ -547,6 +557,12 @@ class StreamingPolicy:
         limit = request.end - cfg.agreement_margin_s
         while n and tail[n - 1].end > limit:
             n -= 1
+        if not utt.committed and not utt.trimmed:
+            # An utterance's first words are where tiny.en mis-hears most ("and we" for "Everyone", agreed on by
+            # two passes): they commit early only when the model is sure of them, else with the final pass.
+            for i in range(n):
+                if tail[i].probability < cfg.agreement_min_probability:
+                    return i
         return n
 
     def _trim_point(self, request: PassRequest, tail: list[Word]) -> int:

@@ -242,7 +242,12 @@ def restore() -> Response:
         if path.stat().st_size == 0:
             raise InvalidInput("the uploaded backup file is empty", code="empty_file")
         _blocking(a.database.validate_file, path)
-        saved = _blocking(a.database.restore_from, path)
+        jobs = a.extras.get("jobs")
+        if jobs is None:
+            saved = _blocking(a.database.restore_from, path)
+        else:
+            with jobs.suspended():  # 409 while jobs are unfinished; the queue then reloads from the restored data
+                saved = _blocking(a.database.restore_from, path)
     finally:
         path.unlink(missing_ok=True)
     entries = _blocking(a.history.count)

@@ -26,7 +26,8 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ import numpy as np
 from ..core import concurrency
 from ..core.audio import decode_audio
 from ..core.engines.base import Engine
-from ..core.errors import ApplianceError, Cancelled, InvalidInput, NotFound
+from ..core.errors import ApplianceError, Cancelled, Conflict, InvalidInput, NotFound
 from ..core.options import check_language_for_model
 from ..core.records import SAMPLE_RATE, TranscribeOptions, Transcript
 from .job_store import Job, JobStore
@@ -174,6 +175,7 @@ class JobQueue:
         self._active: dict[str, _Active] = {}
         self._started = False
         self._stopping = False
+        self._suspended = False
         self._threads: list[Any] = []
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
@@ -209,6 +211,25 @@ class JobQueue:
         with self._cond:
             self._started = False
 
+    @contextmanager
+    def suspended(self) -> Iterator[None]:
+        """Around a database restore: only when no job is unfinished, with new submissions refused meanwhile; then
+        the queue is reloaded from the (restored) database, resuming what that one has unfinished."""
+        with self._cond:
+            if self._active:
+                raise Conflict(f"{len(self._active)} transcription job(s) are queued or running; wait for them or "
+                               "cancel them before restoring a backup", code="jobs_running")
+            if self._suspended:
+                raise Conflict("a restore is already in progress", code="restore_in_progress")
+            self._suspended = True
+        try:
+            yield
+        finally:
+            self.stop()
+            self.start()
+            with self._cond:
+                self._suspended = False
+
     # -- submitting --------------------------------------------------------------------------------------------
     def submit(self, spooled: SpooledAudio, options: TranscribeOptions, *, output: str = "json",
                requested_model: str | None = None) -> JobView:
@@ -218,6 +239,10 @@ class JobQueue:
 
     def _submit(self, spooled: SpooledAudio, options: TranscribeOptions, output: str,
                 requested_model: str | None) -> JobView:
+        with self._cond:
+            if self._suspended:
+                raise Conflict("a backup is being restored; submit the job again in a moment",
+                               code="restore_in_progress")
         if requested_model:
             status = self.transcription.check_requested_model(requested_model)
         else:

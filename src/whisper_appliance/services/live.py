@@ -13,7 +13,7 @@ limit and the session limits from Settings. A ``LiveSession`` holds
 
 Events the loop emits (the Socket.IO protocol's server side):
 ``transcription_partial {session_id, text, start, end}``, ``transcription_result {session_id, text, start, end,
-final: true, language}``, ``transcription_error {code, message}`` and, once, ``recording_stopped {session_id,
+words: [{word, start, end}], final: true, language}``, ``transcription_error {code, message}`` and, once, ``recording_stopped {session_id,
 text, duration, history_id}``. Committed text is saved to history (source ``live``) when a session ends, also
 when the client disconnects; only the server writes those entries.
 
@@ -427,7 +427,7 @@ class LiveSession:
         if event.kind == "final":
             self._segments.append(Segment(id=len(self._segments), start=event.start, end=event.end,
                                           text=" " + event.text.strip(), words=event.words))
-            payload = {"session_id": self.id, **event.to_dict(), "final": True, "language": self.language}
+            payload = {"session_id": self.id, **event.to_dict(words=True), "final": True, "language": self.language}
             name = "transcription_result"
         else:
             payload = {"session_id": self.id, **event.to_dict()}
