@@ -146,6 +146,7 @@ _NON_WORD = re.compile(r"[^\w']+")
 _MAX_WINDOW_S = 28.0    # Whisper hears 30 s at once; a longer pass would be cut into windows without context
 _HEARD_AGAIN_S = 0.05   # committed words ending this close before a pass's audio count as heard again (jitter)
 _GAP_SLACK_S = 0.1      # word times are off by about this much: a cut between two words may move that far
+_TRIM_MARGIN_S = 1.5    # a trim pass commits unagreed words only when they end this long before its audio end
 
 
 def word_key(text: str) -> str:
@@ -383,6 +384,11 @@ class StreamingPolicy:
             return self.config.min_step_s
         return max(self.config.min_step_s, self._pass_ema)
 
+    @property
+    def _saturated(self) -> bool:
+        """Passes take longer than the shortest step (queue wait included): compute is the bottleneck."""
+        return self._pass_ema is not None and self._pass_ema > self.config.min_step_s
+
     def next_pass(self) -> PassRequest | None:
         """The pass worth running now, or None (silence, too little new audio, or nothing pending)."""
         if self._pending:
@@ -398,7 +404,9 @@ class StreamingPolicy:
             # The speaker paused: run the final pass now, in the pause. If the VAD has closed the utterance by
             # the time it is applied (the usual case: a pass outlasts the rest of the silence), its words are
             # committed at once instead of after one more pass.
-            if cur.speculated == cur.last_speech_end:
+            if cur.speculated == cur.last_speech_end or self._saturated:
+                # Saturated (several streams on one CPU): a pass overtaken by more speech is a pass another stream
+                # waited for, so wait for the VAD to close the utterance instead.
                 return None
             cur.speculated = cur.last_speech_end
             return self._request(cur, final=True)
@@ -567,8 +575,9 @@ class StreamingPolicy:
 
     def _trim_point(self, request: PassRequest, tail: list[Word]) -> int:
         """Words to commit on a trim pass: through the last sentence end well before the buffer end, or else
-        every word well before it."""
-        limit = request.end - self.config.agreement_margin_s
+        every word well before it. Only this one pass has heard them, so "well before" is ``_TRIM_MARGIN_S``: the
+        last words before a cut are the ones Whisper gets wrong ("and re wanna read" for "Everyone agreed")."""
+        limit = request.end - max(self.config.agreement_margin_s, _TRIM_MARGIN_S)
         before = 0
         sentence = 0
         for i, w in enumerate(tail):
