@@ -99,6 +99,20 @@ def test_update_text_keeps_search_in_sync(store):
     assert store.search("friday").total == 1 and store.search("monday").total == 0
 
 
+def test_update_text_rewrites_the_segments_so_subtitles_say_the_correction(store):
+    from whisper_appliance.core.formats import render
+    from whisper_appliance.core.records import Segment
+
+    segments = [Segment(0, 1.0, 2.5, " The invoice was paid"), Segment(1, 2.5, 4.0, " on Monday.")]
+    entry = store.add(text="The invoice was paid on Monday.", source="upload", segments=segments, duration=4.0)
+    updated = store.update_text(entry.id, "The receipt was paid on Friday.")
+    assert [(s["start"], s["end"], s["text"]) for s in updated.segments] == [
+        (1.0, 4.0, " The receipt was paid on Friday.")]
+    srt = render(updated.transcript(), "srt")
+    assert "receipt" in srt and "Friday" in srt and "invoice" not in srt and "00:00:01,000 --> 00:00:04,000" in srt
+    assert store.update_text(entry.id, "").segments == ()
+
+
 def test_delete_and_delete_many(store):
     ids = [store.add(text=f"note number {i} about apples", source="live").id for i in range(6)]
     store.delete(ids[0])

@@ -406,14 +406,22 @@ class HistoryStore:
             return self._get(conn, entry_id)
 
     def update_text(self, entry_id: int, text: str) -> HistoryEntry:
-        """Replace an entry's text (a correction); the search index follows through the update trigger."""
+        """Replace an entry's text (a correction); the search index follows through the update trigger.
+
+        The segments said the old words, and subtitles are written from segments: they become one segment with
+        the corrected text over the time the old ones spanned (which words moved where is not known).
+        """
         if not isinstance(text, str):
             raise InvalidInput("text must be a string")
+        text = text.translate(_MARKERS)
         with self.db.write() as conn:
-            _check_id(entry_id)
-            cur = conn.execute("UPDATE history SET text = ? WHERE id = ?", (text.translate(_MARKERS), entry_id))
-            if cur.rowcount == 0:
-                raise NotFound(f"history entry {entry_id} not found")
+            current = self._get(conn, entry_id)
+            segments: list[dict[str, Any]] = []
+            if current.segments and text.strip():
+                first, last = Segment.from_dict(current.segments[0]), Segment.from_dict(current.segments[-1])
+                segments = [Segment(id=0, start=first.start, end=last.end, text=" " + text.strip()).to_dict()]
+            conn.execute("UPDATE history SET text = ?, segments = ? WHERE id = ?",
+                         (text, _json_text("segments", segments), entry_id))
             return self._get(conn, entry_id)
 
     def delete(self, entry_id: int) -> None:
