@@ -198,6 +198,21 @@ def test_an_utterance_starts_committing_early_only_with_words_the_model_is_sure_
     assert finals(events) == ["again"]
 
 
+def test_a_new_sentence_inside_an_utterance_commits_early_only_with_words_the_model_is_sure_of():
+    policy = make_policy(agreement_after_s=0.0, agreement_margin_s=0.0, agreement_min_probability=0.5)
+    policy.push_audio(speech(2.0))
+    policy.apply(policy.next_pass(), result(words_of("risk of delays.", 0.0)), elapsed=0.1)
+    policy.push_audio(speech(0.5))
+    policy.apply(policy.next_pass(), result(words_of("risk of delays. and", 0.0)), elapsed=0.1)
+    assert policy.committed_text == "risk of delays."
+    unsure = [*words_of("risk of delays.", 0.0), Word(1.2, 1.5, " and", 0.3), Word(1.6, 1.9, " we", 0.4)]
+    policy.push_audio(speech(0.5))
+    policy.apply(policy.next_pass(), result(unsure), elapsed=0.1)
+    policy.push_audio(speech(0.5))
+    events = policy.apply(policy.next_pass(), result([*unsure, Word(2.0, 2.3, " agreed", 0.9)]), elapsed=0.1)
+    assert finals(events) == [] and policy.committed_text == "risk of delays."
+
+
 def test_final_pass_at_utterance_end_commits_the_rest_minus_committed_text_despite_jitter():
     policy = make_policy(agreement_after_s=0.0, agreement_margin_s=0.0)
     policy.push_audio(speech(2.0))

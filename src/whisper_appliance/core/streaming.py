@@ -19,7 +19,7 @@ the passes it asked for (``apply``); it never calls the model itself. Its decisi
 * Words commit before the utterance ends once a pass hears ``agreement_after_s`` of audio (context included,
   so from the first words of an utterance in mid-session, and after a few seconds at a session's start, where
   tiny.en guesses without context): words that two consecutive passes agree on (LocalAgreement-2), ending at
-  least ``agreement_margin_s`` before the audio end, are committed (an utterance's first words only with a word
+  least ``agreement_margin_s`` before the audio end, are committed (a sentence's first words only with a word
   probability of at least ``agreement_min_probability``: that is where two passes agreed on "and we" for
   "Everyone"); at ``max_utterance_s`` a *trim* pass commits
   up to a segment boundary and the buffer is cut at a committed sentence end, keeping up to half of it (committed
@@ -63,7 +63,7 @@ class StreamingConfig:
     agreement_after_s: float = 6.0     # LocalAgreement commits only in passes hearing at least this much audio
                                        # (context included; inf: never)
     agreement_margin_s: float = 0.5    # ... and only words ending this far before the buffer end
-    agreement_min_probability: float = 0.5  # ... and an utterance's first words only when the model is this sure
+    agreement_min_probability: float = 0.5  # ... and a sentence's first words only when the model is this sure
     prompt_chars: int = 200
     partial_beam_size: int = 1
     final_beam_size: int = 5
@@ -565,13 +565,19 @@ class StreamingPolicy:
         limit = request.end - cfg.agreement_margin_s
         while n and tail[n - 1].end > limit:
             n -= 1
-        if not utt.committed and not utt.trimmed:
-            # An utterance's first words are where tiny.en mis-hears most ("and we" for "Everyone", agreed on by
+        if self._starts_sentence(utt):
+            # A sentence's first words are where tiny.en mis-hears most ("and we" for "Everyone", agreed on by
             # two passes): they commit early only when the model is sure of them, else with the final pass.
             for i in range(n):
                 if tail[i].probability < cfg.agreement_min_probability:
                     return i
         return n
+
+    def _starts_sentence(self, utt: _Utterance) -> bool:
+        """Whether the next committed word of ``utt`` begins a sentence: the utterance's first, or after a ".?!"."""
+        if not utt.committed and not utt.trimmed:
+            return True
+        return not self._committed or self._committed[-1].word.rstrip().endswith((".", "?", "!"))
 
     def _trim_point(self, request: PassRequest, tail: list[Word]) -> int:
         """Words to commit on a trim pass: through the last sentence end well before the buffer end, or else
