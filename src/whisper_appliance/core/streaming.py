@@ -21,9 +21,9 @@ the passes it asked for (``apply``); it never calls the model itself. Its decisi
   tiny.en guesses without context): words that two consecutive passes agree on (LocalAgreement-2), ending at
   least ``agreement_margin_s`` before the audio end, are committed (a sentence's first words only with a word
   probability of at least ``agreement_min_probability``: that is where two passes agreed on "and we" for
-  "Everyone"); at ``max_utterance_s`` a *trim* pass commits
-  up to a segment boundary and the buffer is cut at a committed sentence end, keeping up to half of it (committed
-  words, matched by text) as context for the next passes, so every pass costs a bounded amount.
+  "Everyone"); at ``max_utterance_s`` a *trim* pass commits up to a segment boundary and the buffer is cut at a
+  committed sentence end, keeping up to half of it (committed words, matched by text) as context for the next
+  passes, so every pass costs a bounded amount.
 * The prompt is committed text from BEFORE the pass's audio only (committed words still inside the audio made
   Whisper skip them).
 * Hallucinations on low-speech audio and repetition loops are never committed.
@@ -73,7 +73,7 @@ class StreamingConfig:
     min_speech_s: float = 0.25         # utterances with less detected speech are dropped unheard
     pre_roll_s: float = 0.5            # audio kept before speech onset (Whisper mis-hears clipped word starts)
     speech_pad_s: float = 0.2          # audio kept after speech end (<= quiet_tail_s: the early final pass hears it)
-    context_s: float = 6.0             # earlier audio a final pass hears before its utterance (0: none)
+    context_s: float = 6.0             # earlier audio every pass hears before its utterance (0: none)
     min_final_window_s: float = 4.0    # a final pass hearing less audio than this waits for more speech ...
     hold_silence_s: float = 1.5        # ... unless the speaker has been silent this long
     min_partial_s: float = 0.5         # no partial pass before the utterance holds this much audio
@@ -152,6 +152,10 @@ _TRIM_MARGIN_S = 1.5    # a trim pass commits unagreed words only when they end 
 def word_key(text: str) -> str:
     """A word as compared between hypotheses: lower case, no punctuation ("Hello," == "hello")."""
     return _NON_WORD.sub("", text.lower()).strip("'")
+
+
+def ends_sentence(word: Word) -> bool:
+    return word.word.rstrip().endswith((".", "?", "!"))
 
 
 def join_words(words: Sequence[Word]) -> str:
@@ -282,7 +286,7 @@ class StreamingPolicy:
         self._frames = 0
         self._in_speech = False
         self._floor = 0                    # no new utterance may start before this sample (previous one's end)
-        self._anchors: deque[int] = deque()  # starts of closed utterances: where a final pass's context may begin
+        self._anchors: deque[int] = deque()  # starts of closed utterances: where a pass's context may begin
 
         self._current: _Utterance | None = None
         self._pending: deque[_Utterance] = deque()   # closed utterances waiting for their final pass
@@ -353,7 +357,7 @@ class StreamingPolicy:
 
     def _drop_unneeded_audio(self) -> None:
         """Keep audio from the oldest open utterance on (or a short pre-roll while nobody speaks), and the context
-        its final pass may hear: at most ``context_s`` more."""
+        its passes may hear: at most ``context_s`` more."""
         if self._pending:
             keep_from = self._pending[0].start
         elif self._current is not None:
@@ -436,8 +440,8 @@ class StreamingPolicy:
                            utterance_id=utt.id, trim=trim)
 
     def _window_start(self, utt: _Utterance, end: int) -> int:
-        """First sample of a final pass over ``utt`` ending at ``end``: the start of the earliest earlier utterance
-        within ``context_s`` (so the context begins in a pause, not mid-word), keeping the window under 30 s."""
+        """First sample of a pass over ``utt`` ending at ``end``: the start of the earliest earlier utterance within
+        ``context_s`` (so the context begins in a pause, not mid-word), keeping the window under 30 s."""
         limit = max(utt.start - int(self.config.context_s * self._sr), end - int(_MAX_WINDOW_S * self._sr),
                     self._buf_start)
         for anchor in self._anchors:
@@ -577,7 +581,7 @@ class StreamingPolicy:
         """Whether the next committed word of ``utt`` begins a sentence: the utterance's first, or after a ".?!"."""
         if not utt.committed and not utt.trimmed:
             return True
-        return not self._committed or self._committed[-1].word.rstrip().endswith((".", "?", "!"))
+        return not self._committed or ends_sentence(self._committed[-1])
 
     def _trim_point(self, request: PassRequest, tail: list[Word]) -> int:
         """Words to commit on a trim pass: through the last sentence end well before the buffer end, or else
@@ -590,7 +594,7 @@ class StreamingPolicy:
             if w.end > limit:
                 break
             before = i + 1
-            if w.word.rstrip().endswith((".", "?", "!")):
+            if ends_sentence(w):
                 sentence = i + 1
         return sentence or before
 
@@ -625,7 +629,7 @@ class StreamingPolicy:
         boundaries = [i for i in range(len(following)) if end - following[i].start <= keep]
         if not boundaries:  # the words not yet committed alone are longer than that: cut after the committed ones
             return self._quietest(committed[-1].end, tail[0].start) if tail else committed[-1].end
-        sentences = [i for i in boundaries if committed[i].word.rstrip().endswith((".", "?", "!"))]
+        sentences = [i for i in boundaries if ends_sentence(committed[i])]
         i = (sentences or boundaries)[0]
         return self._quietest(committed[i].end, following[i].start)
 

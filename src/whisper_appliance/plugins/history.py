@@ -229,6 +229,16 @@ def backup() -> Response:
     return _attachment(resp, f"whisper-appliance-{_stamp()}.db")
 
 
+def _restore_database(a: Any, path: Path) -> Path:
+    """Swap in the backup; with jobs, only while none is unfinished (409), and the job queue then reloads from it
+    (its stop/start join threads and read the database, so all of this runs off the event loop)."""
+    jobs = a.extras.get("jobs")
+    if jobs is None:
+        return a.database.restore_from(path)
+    with jobs.suspended():
+        return a.database.restore_from(path)
+
+
 @bp.post("/api/admin/restore")
 @require_admin
 def restore() -> Response:
@@ -242,12 +252,7 @@ def restore() -> Response:
         if path.stat().st_size == 0:
             raise InvalidInput("the uploaded backup file is empty", code="empty_file")
         _blocking(a.database.validate_file, path)
-        jobs = a.extras.get("jobs")
-        if jobs is None:
-            saved = _blocking(a.database.restore_from, path)
-        else:
-            with jobs.suspended():  # 409 while jobs are unfinished; the queue then reloads from the restored data
-                saved = _blocking(a.database.restore_from, path)
+        saved = _blocking(_restore_database, a, path)
     finally:
         path.unlink(missing_ok=True)
     entries = _blocking(a.history.count)
