@@ -72,14 +72,15 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 # -- transcribe -----------------------------------------------------------------------------------------------------
-def _load_engine(settings: Settings, model: str, engine: str) -> Any:
+def _load_engine(settings: Settings, model: str, engine: str, workers: int = 1) -> Any:
+    """One engine for this process; ``workers=1``: every call gets all CPU_THREADS (calls come one at a time)."""
     from .core.engines import create_engine
     from .core.model_store import ModelStore
 
     resolved = ModelStore(settings).resolve(model, engine)
     log.info("model %s (%s) from %s: %s", model, engine, resolved.source, resolved.path)
     return create_engine(engine, model, resolved.path, device=settings.device, compute_type=settings.compute_type,
-                         cpu_threads=settings.cpu_threads)
+                         cpu_threads=settings.cpu_threads, workers=workers)
 
 
 def cmd_transcribe(args: argparse.Namespace, settings: Settings) -> int:
@@ -188,7 +189,7 @@ def cmd_bench_one(args: argparse.Namespace, settings: Settings) -> int:
     audio = decode_audio(args.file)
     settings = settings.replace(cpu_threads=args.threads)
     started = time.perf_counter()
-    engine = _load_engine(settings, args.model, args.engine)
+    engine = _load_engine(settings, args.model, args.engine, args.workers)
     loaded = time.perf_counter()
     transcript = transcribe_all(engine, audio, TranscribeOptions(beam_size=args.beam_size, language=args.language))
     done = time.perf_counter()
@@ -223,7 +224,8 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
             raise InvalidInput(f"unknown engine {name!r}; use one of {', '.join(ENGINES)}")
     threads = args.threads or os.cpu_count() or 1
     store = ModelStore(settings)
-    print(f"bench: {file.name}, beam {args.beam_size}, {threads} threads, {os.cpu_count()} CPUs, "
+    print(f"bench: {file.name}, beam {args.beam_size}, {threads} threads in {args.workers} faster-whisper worker(s), "
+          f"{os.cpu_count()} CPUs, "
           f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"{'model':<9} {'engine':<15} {'compute':<8} {'load s':>7} {'transcribe s':>13} {'x real time':>12} "
           f"{'peak RSS MB':>12} {'WER':>7}")
@@ -232,7 +234,7 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
         for engine in engines:
             store.resolve(model, engine)  # install/convert once here, so the child times only the load
             cmd = [sys.executable, str(MAIN_PY), "_bench-one", str(file), "--model", model, "--engine", engine,
-                   "--beam-size", str(args.beam_size), "--threads", str(threads)]
+                   "--beam-size", str(args.beam_size), "--threads", str(threads), "--workers", str(args.workers)]
             if args.language:
                 cmd += ["--language", args.language]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -311,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--engines", default=",".join(ENGINES))
     bench.add_argument("--beam-size", type=int, default=5)
     bench.add_argument("--threads", type=int, default=0, help="CPU threads for both engines (0 = one per core)")
+    bench.add_argument("--workers", type=int, default=1,
+                       help="faster-whisper workers sharing the threads; one file is one call, so 1 (the default) "
+                            "gives it every thread, as the server's INFERENCE_WORKERS=1 would")
     bench.add_argument("--language", help="language code (skips detection)")
     bench.set_defaults(func=cmd_bench)
 
@@ -325,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     one.add_argument("--engine", required=True, choices=ENGINES)
     one.add_argument("--beam-size", type=int, default=5)
     one.add_argument("--threads", type=int, required=True)
+    one.add_argument("--workers", type=int, default=1)
     one.add_argument("--language")
     one.set_defaults(func=cmd_bench_one)
     return parser

@@ -240,3 +240,39 @@ def test_openai_whisper_ignores_fit_window(engines, audio):
     engine = engines("tiny.en", "openai-whisper", "float32")
     fitted = transcribe_all(engine, audio("jfk"), GREEDY_EXACT.replace(fit_window=True))
     assert word_error_rate(reference_text("jfk"), fitted.text) == 0.0
+
+
+# -- two workers (INFERENCE_WORKERS) ------------------------------------------------------------------------------
+def test_two_workers_run_a_full_window_job_and_fitted_passes_at_once(store, audio):
+    """Calls from two threads at once on one model: each keeps its own encoder window and its own words."""
+    import threading
+
+    resolved = store.resolve("tiny.en", "faster-whisper")
+    engine = create_engine("faster-whisper", "tiny.en", resolved.path, device="cpu", cpu_threads=2, workers=2)
+    try:
+        assert engine.parallel_calls == 2 and engine.cpu_threads == 1
+        long_clip = np.concatenate([audio("synthetic_meeting"), audio("synthetic_meeting")])
+        short = audio("jfk")[: 4 * SAMPLE_RATE]
+        live_options = GREEDY_EXACT.replace(fit_window=True, beam_size=1)
+        alone_job = transcribe_all(engine, long_clip, GREEDY_EXACT)
+        alone_live = transcribe_all(engine, short, live_options)
+        job_result: list = []
+        live_results: list = []
+
+        def job() -> None:
+            job_result.append(transcribe_all(engine, long_clip, GREEDY_EXACT))
+
+        thread = threading.Thread(target=job)
+        thread.start()
+        while thread.is_alive():
+            live_results.append(transcribe_all(engine, short, live_options))
+        thread.join()
+        assert live_results, "the live passes ran while the job did"
+        assert [s.text for s in job_result[0].segments] == [s.text for s in alone_job.segments]
+        assert {r.text for r in live_results} == {alone_live.text}
+    finally:
+        engine.close()
+
+
+def test_openai_whisper_takes_one_call_at_a_time(engines):
+    assert engines("tiny.en", "openai-whisper", "float32").parallel_calls == 1

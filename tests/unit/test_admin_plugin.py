@@ -45,7 +45,7 @@ class FakeEngine(Engine):
         pass
 
 
-def fake_factory(engine, model_name, path, *, device, compute_type, cpu_threads):
+def fake_factory(engine, model_name, path, *, device, compute_type, cpu_threads, workers):
     return FakeEngine(model_name, "cpu", "int8")
 
 

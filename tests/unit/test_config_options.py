@@ -80,3 +80,19 @@ def test_readme_documents_every_variable_with_its_default():
     for var in VARIABLES:
         default = f"`{var.default}`" if var.default else "(empty)"
         assert f"| `{var.env}` | {default} |" in readme, var.env
+
+
+def test_inference_workers_auto_and_explicit(monkeypatch):
+    import os
+
+    from whisper_appliance.core.engines import MAX_AUTO_WORKERS, resolve_workers
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert resolve_workers(0) == MAX_AUTO_WORKERS == 2
+    assert resolve_workers(0, "cuda") == 1
+    assert resolve_workers(3, "cuda") == 3
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert resolve_workers(0) == 1
+    assert Settings.from_env({"INFERENCE_WORKERS": "2"}).inference_workers == 2
+    with pytest.raises(ConfigError):
+        Settings.from_env({"INFERENCE_WORKERS": "-1"})

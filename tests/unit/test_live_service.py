@@ -137,6 +137,14 @@ class FakeScheduler:
         self.engine = engine
         self.priorities: list[Priority] = []
         self.fail: Exception | None = None
+        self.reserve = lambda: False
+        self.wakes = 0
+
+    def reserve_lane_while(self, predicate):
+        self.reserve = predicate
+
+    def wake(self):
+        self.wakes += 1
 
     def submit(self, work, priority=Priority.INTERACTIVE, *, label="work"):
         self.priorities.append(priority)
@@ -488,6 +496,16 @@ def test_disconnect_mid_session_frees_audio_and_saves_committed_text(env):
     assert env.history.entries[0]["text"] == "w7 w8" and env.history.entries[0]["source"] == "live"
     assert not rec.named("recording_stopped")  # nobody is listening any more
     assert live.count() == 0
+
+
+def test_a_scheduler_lane_is_reserved_while_a_session_is_open(env):
+    assert env.scheduler.reserve() is False
+    env.live.open("sid", {"format": "pcm16"})
+    assert env.scheduler.reserve() is True
+    wakes = env.scheduler.wakes
+    env.live.close("sid")
+    assert env.scheduler.reserve() is False
+    assert env.scheduler.wakes > wakes  # the lanes are told the reservation ended
 
 
 def test_close_of_a_session_whose_loop_never_ran(env):

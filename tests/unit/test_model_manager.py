@@ -53,7 +53,7 @@ class FakeFactory:
         self.gate: threading.Event | None = None
         self.lock = threading.Lock()
 
-    def __call__(self, engine, model_name, path, *, device, compute_type, cpu_threads):
+    def __call__(self, engine, model_name, path, *, device, compute_type, cpu_threads, workers):
         if self.gate is not None:
             assert self.gate.wait(10), "test gate never opened"
         if model_name in self.fail:

@@ -13,10 +13,11 @@ from whisper_appliance.services.scheduler import InferenceScheduler, Priority
 
 
 class FakeModels:
-    def __init__(self) -> None:
+    def __init__(self, parallel_calls: int = 1) -> None:
         self.generation = 1
         self.engine = object()
         self.fail: Exception | None = None
+        self.parallel_calls = parallel_calls
 
     @contextmanager
     def use(self, timeout=None):
@@ -161,7 +162,8 @@ def test_depth_counts_by_priority(sched):
     sched.submit(lambda e: None, Priority.INTERACTIVE)
     depth = sched.depth()
     assert (depth.live, depth.interactive, depth.job) == (0, 1, 1)
-    assert depth.running == "blocker"
+    assert depth.running == ("blocker",)
+    assert depth.to_dict()["running"] == ["blocker"]
     gate.set()
 
 
@@ -173,3 +175,91 @@ def test_stop_cancels_pending_work():
     gate.set()
     s.stop()
     assert pending.done()
+
+
+# -- lanes -----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_lanes():
+    models = FakeModels(parallel_calls=2)
+    s = InferenceScheduler(models, lanes=2)
+    s.start()
+    yield s
+    s.stop()
+
+
+def wait_until(condition, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def gated(s: InferenceScheduler, priority: Priority, label: str):
+    gate = threading.Event()
+    return gate, s.submit(lambda engine: gate.wait(5), priority, label=label)
+
+
+def test_two_lanes_run_two_calls_at_once(two_lanes):
+    gate_a, a = gated(two_lanes, Priority.JOB, "a")
+    gate_b, b = gated(two_lanes, Priority.INTERACTIVE, "b")
+    assert wait_until(lambda: two_lanes.position(a) == 0 and two_lanes.position(b) == 0)
+    assert sorted(two_lanes.depth().running) == ["a", "b"]
+    gate_a.set()
+    gate_b.set()
+    assert a.result(5) and b.result(5)
+
+
+def test_lanes_never_exceed_what_the_engine_takes():
+    models = FakeModels(parallel_calls=1)  # openai-whisper: one call at a time
+    s = InferenceScheduler(models, lanes=2)
+    s.start()
+    try:
+        gate_a, a = gated(s, Priority.LIVE, "a")
+        gate_b, b = gated(s, Priority.LIVE, "b")
+        assert wait_until(lambda: s.position(a) == 0)
+        time.sleep(0.1)
+        assert s.position(b) == 1
+        models.parallel_calls = 2  # a model that takes two calls was loaded
+        s.wake()
+        assert wait_until(lambda: s.position(b) == 0)
+        gate_a.set()
+        gate_b.set()
+        assert a.result(5) and b.result(5)
+    finally:
+        s.stop()
+
+
+def test_a_reserved_lane_is_kept_for_live_passes(two_lanes):
+    dictating = [True]
+    two_lanes.reserve_lane_while(lambda: dictating[0])
+    gate_a, job_a = gated(two_lanes, Priority.JOB, "job-a")
+    assert wait_until(lambda: two_lanes.position(job_a) == 0)
+    gate_b, job_b = gated(two_lanes, Priority.INTERACTIVE, "upload-b")
+    time.sleep(0.1)
+    assert two_lanes.position(job_b) == 1  # the second lane stays free ...
+    live = two_lanes.submit(lambda engine: "live", Priority.LIVE, label="live")
+    assert live.result(5) == "live"         # ... so a live pass runs while the job holds the first
+    assert two_lanes.position(job_b) == 1
+    dictating[0] = False                    # the last session ended
+    two_lanes.wake()
+    assert wait_until(lambda: two_lanes.position(job_b) == 0)
+    gate_a.set()
+    gate_b.set()
+    assert job_a.result(5) and job_b.result(5)
+
+
+def test_a_broken_reservation_check_reserves_nothing(two_lanes):
+    def broken():
+        raise RuntimeError("boom")
+
+    two_lanes.reserve_lane_while(broken)
+    gate_a, a = gated(two_lanes, Priority.JOB, "a")
+    gate_b, b = gated(two_lanes, Priority.JOB, "b")
+    assert wait_until(lambda: two_lanes.position(a) == 0 and two_lanes.position(b) == 0)
+    gate_a.set()
+    gate_b.set()
+    assert a.result(5) and b.result(5)

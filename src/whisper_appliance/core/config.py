@@ -63,7 +63,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("DEVICE", "auto", "auto, cpu or cuda."),
     Variable("COMPUTE_TYPE", "auto", "auto (int8 on CPU, float16 on CUDA for faster-whisper; float32/float16 for "
                                      "openai-whisper), or int8, int8_float16, float16, float32."),
-    Variable("CPU_THREADS", "0", "Threads for inference on CPU; 0 = one per core."),
+    Variable("CPU_THREADS", "0", "Threads for inference on CPU, shared by the inference workers; 0 = one per core."),
+    Variable("INFERENCE_WORKERS", "0", "Model calls run at once (faster-whisper; openai-whisper runs one); 0 = auto: "
+                                       "one per core up to 2 on CPU, 1 on CUDA."),
     Variable("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR."),
     Variable("MODEL_DOWNLOADS", "true", "Allow downloading weights that are not present locally."),
     Variable("HOST", "0.0.0.0", "Address to listen on."),
@@ -97,6 +99,7 @@ class Settings:
     device: str = "auto"
     compute_type: str = "auto"
     cpu_threads: int = 0
+    inference_workers: int = 0
     log_level: str = "INFO"
     model_downloads: bool = True
     host: str = "0.0.0.0"
@@ -155,7 +158,7 @@ class Settings:
             port = getattr(self, name)
             if not 0 <= port <= 65535:
                 problems.append(f"{name.upper()}={port}: not a TCP port")
-        for name in ("cpu_threads", "history_retention_days"):
+        for name in ("cpu_threads", "inference_workers", "history_retention_days"):
             if getattr(self, name) < 0:
                 problems.append(f"{name.upper()} must be 0 or more")
         for name in ("max_upload_size", "live_max_sessions", "live_max_chunk_size", "live_max_session_seconds",
@@ -178,7 +181,7 @@ class Settings:
                 for f in fields(self) if f.name not in hidden}
 
 
-_INTS = {"cpu_threads", "https_port", "http_port", "history_retention_days", "live_max_sessions",
+_INTS = {"cpu_threads", "inference_workers", "https_port", "http_port", "history_retention_days", "live_max_sessions",
          "live_max_session_seconds", "live_max_chunks_per_second"}
 _BOOLS = {"model_downloads", "http_redirect", "require_auth", "result_cache"}
 _SIZES = {"max_upload_size", "live_max_chunk_size"}

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.config import Settings
+from ..core.engines import resolve_workers
 from .auth import AuthService
 from .database import Database
 from .events import EventBus
@@ -45,7 +46,7 @@ class Appliance:
     def build(cls, settings: Settings, *, models: ModelManager | None = None) -> Appliance:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         models = models or ModelManager(settings)
-        scheduler = InferenceScheduler(models)
+        scheduler = InferenceScheduler(models, lanes=resolve_workers(settings.inference_workers))
         database = Database(settings.data_dir / "appliance.db")
         history = HistoryStore(database)
         job_store = JobStore(database)

@@ -526,6 +526,8 @@ class LiveSessions:
         self._active: dict[str, LiveSession] = {}      # sid -> the session receiving audio
         self._finishing: set[LiveSession] = set()      # stopped, still flushing/saving
         self.rate = ChunkRateLimiter(settings.live_max_chunks_per_second, clock)
+        # While anyone dictates, uploads and jobs leave a lane of the scheduler to the live passes.
+        scheduler.reserve_lane_while(lambda: self.count() > 0)
 
     # -- registry ----------------------------------------------------------------------------------------------
     def open(self, sid: str, params: LiveParams | dict[str, Any] | None) -> LiveSession:
@@ -614,6 +616,7 @@ class LiveSessions:
         self._publish_count()
 
     def _publish_count(self) -> None:
+        self.scheduler.wake()  # the lane reservation may have ended
         if self.events is not None:
             self.events.publish("live_sessions", {"count": self.count()}, coalesce="live_sessions")
 

@@ -35,7 +35,7 @@ State = Literal["unloaded", "loading", "ready", "error"]
 
 class EngineFactory(Protocol):
     def __call__(self, engine: str, model_name: str, path: Path, *, device: str, compute_type: str,
-                 cpu_threads: int) -> Engine: ...
+                 cpu_threads: int, workers: int) -> Engine: ...
 
 
 @dataclass(frozen=True)
@@ -75,11 +75,11 @@ def release_freed_memory() -> None:
 
 
 def _default_factory(engine: str, model_name: str, path: Path, *, device: str, compute_type: str,
-                     cpu_threads: int) -> Engine:
+                     cpu_threads: int, workers: int) -> Engine:
     from ..core.engines import create_engine
 
     return create_engine(engine, model_name, path, device=device, compute_type=compute_type,
-                         cpu_threads=cpu_threads)
+                         cpu_threads=cpu_threads, workers=workers)
 
 
 class _LoadTicket:
@@ -119,6 +119,12 @@ class ModelManager:
     @property
     def generation(self) -> int:
         return self.status().generation
+
+    @property
+    def parallel_calls(self) -> int:
+        """How many calls the loaded engine takes at once (1 while none is loaded)."""
+        with self._cond:
+            return self._engine.parallel_calls if self._engine is not None else 1
 
     def add_listener(self, fn: Callable[[ModelStatus], None]) -> None:
         """``fn(status)`` runs on every state or progress change, on the thread that made the change."""
@@ -215,7 +221,8 @@ class ModelManager:
             resolved = self.store.resolve(name, engine, progress=on_download, cancel=self._cancel)
             self._set(source=resolved.source, path=str(resolved.path), progress=None)
             loaded = self._factory(engine, name, resolved.path, device=self.settings.device,
-                                   compute_type=self.settings.compute_type, cpu_threads=self.settings.cpu_threads)
+                                   compute_type=self.settings.compute_type, cpu_threads=self.settings.cpu_threads,
+                                   workers=self.settings.inference_workers)
         except Exception as exc:
             message = exc.message if isinstance(exc, ApplianceError) else f"{type(exc).__name__}: {exc}"
             log.error("loading model %s (%s) failed: %s", name, engine, message,

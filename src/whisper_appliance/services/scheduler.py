@@ -1,12 +1,16 @@
 """The inference scheduler: the one place model calls are run.
 
-All inference runs on one real OS thread (``concurrency.start_os_thread``), never on the event loop. Work is
-picked by priority:
+All inference runs on real OS threads (``concurrency.start_os_thread``), never on the event loop: one per
+*lane*, and never more calls at once than the loaded engine takes (``parallel_calls``: two faster-whisper
+workers on a 2-core CPU, one call for openai-whisper). Work is picked by priority:
 
 * ``LIVE`` passes of dictation sessions first (FIFO among them, so sessions interleave fairly);
 * ``INTERACTIVE`` synchronous uploads next;
 * ``JOB`` work last, and among jobs the one with the least remaining audio first (a 10-second file submitted
   later does not wait for a 2-hour one).
+
+While a live session is open (``reserve_lane_while``), work other than ``LIVE`` leaves one lane free: a live
+pass then never waits for a file's 30-s window to finish.
 
 Long work is *stepped*: it is a generator that yields between segments, and after each step the scheduler puts
 it back in the queue, so a live pass or a shorter job can run before its next segment. The engine is taken from
@@ -110,7 +114,7 @@ class QueueDepth:
     live: int
     interactive: int
     job: int
-    running: str | None
+    running: tuple[str, ...]
 
     @property
     def total(self) -> int:
@@ -118,28 +122,44 @@ class QueueDepth:
 
     def to_dict(self) -> dict[str, Any]:
         return {"live": self.live, "interactive": self.interactive, "job": self.job, "total": self.total,
-                "running": self.running}
+                "running": list(self.running)}
 
 
 class InferenceScheduler:
-    """Runs model work on one OS thread, in priority order, stepping long work between segments."""
+    """Runs model work on ``lanes`` OS threads, in priority order, stepping long work between segments."""
 
-    def __init__(self, model_manager: Any, *, acquire_timeout: float = 600.0) -> None:
+    def __init__(self, model_manager: Any, *, lanes: int = 1, acquire_timeout: float = 600.0) -> None:
         self._models = model_manager
+        self._lanes = max(1, lanes)
         self._acquire_timeout = acquire_timeout
         self._cond = _threading.Condition()
         self._queue: list[Ticket[Any]] = []
         self._seq = itertools.count()
-        self._running: Ticket[Any] | None = None
+        self._running: list[Ticket[Any]] = []
+        self._reserve: Callable[[], bool] = lambda: False
         self._stopped = False
-        self._thread = None
-        self.busy_seconds = 0.0  # total time spent running work, for metrics
+        self._threads: list[Any] = []
+        self._busy = 0.0
+        if hasattr(model_manager, "add_listener"):
+            # A model that takes more calls at once has just loaded: idle lanes may take work now.
+            model_manager.add_listener(lambda status: self.wake())
+
+    @property
+    def lanes(self) -> int:
+        return self._lanes
+
+    @property
+    def busy_seconds(self) -> float:
+        """Total time spent running work (summed over lanes), for metrics."""
+        with self._cond:
+            return self._busy
 
     def start(self) -> None:
         with self._cond:
-            if self._thread is None:
+            if not self._threads:
                 self._stopped = False
-                self._thread = concurrency.start_os_thread(self._loop, name="inference")
+                self._threads = [concurrency.start_os_thread(self._loop, name=f"inference-{i}")
+                                 for i in range(self._lanes)]
 
     def stop(self, timeout: float = 10.0) -> None:
         with self._cond:
@@ -148,9 +168,22 @@ class InferenceScheduler:
             self._cond.notify_all()
         for t in pending:
             t._finish(error=Cancelled("the server is shutting down"))
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._threads = []
+
+    def reserve_lane_while(self, predicate: Callable[[], bool]) -> None:
+        """While ``predicate()`` is true, work other than ``LIVE`` leaves one lane free (with two or more).
+        Call ``wake`` when it may have turned false."""
+        with self._cond:
+            self._reserve = predicate
+            self._cond.notify_all()
+
+    def wake(self) -> None:
+        """Let idle lanes look at the queue again (the engine or the reservation changed)."""
+        with self._cond:
+            self._cond.notify_all()
 
     # -- submitting --------------------------------------------------------------------------------------------
     def submit(self, work: Callable[[Engine], T], priority: Priority = Priority.INTERACTIVE, *,
@@ -178,7 +211,7 @@ class InferenceScheduler:
             if self._stopped:
                 raise ModelUnavailable("the inference scheduler is stopped")
             self._queue.append(ticket)
-            self._cond.notify()
+            self._cond.notify_all()
         return ticket
 
     # -- introspection -----------------------------------------------------------------------------------------
@@ -187,13 +220,13 @@ class InferenceScheduler:
             counts = {p: 0 for p in Priority}
             for t in self._queue:
                 counts[t.priority] += 1
-            running = self._running.label if self._running else None
+            running = tuple(t.label for t in self._running)
         return QueueDepth(counts[Priority.LIVE], counts[Priority.INTERACTIVE], counts[Priority.JOB], running)
 
     def position(self, ticket: Ticket[Any]) -> int | None:
         """0 = running now, 1 = next, ...; None once finished or unknown."""
         with self._cond:
-            if self._running is ticket:
+            if ticket in self._running:
                 return 0
             if ticket not in self._queue:
                 return None
@@ -207,15 +240,33 @@ class InferenceScheduler:
             return (t.priority, t.remaining_audio(), t.seq)
         return (t.priority, 0.0, t.seq)
 
+    def _pick(self) -> Ticket[Any] | None:
+        """The ticket a free lane should run now (called under the lock), or None."""
+        capacity = min(self._lanes, self._models.parallel_calls) if hasattr(self._models, "parallel_calls") else 1
+        if not self._queue or len(self._running) >= capacity:
+            return None
+        ticket = min(self._queue, key=self._order_key)
+        if ticket.priority != Priority.LIVE and capacity > 1:
+            others = sum(1 for t in self._running if t.priority != Priority.LIVE)
+            if others >= capacity - 1 and self._reserved():
+                return None
+        return ticket
+
+    def _reserved(self) -> bool:
+        try:
+            return bool(self._reserve())
+        except Exception:  # a broken predicate must not stop the scheduler; reserve nothing
+            log.exception("lane reservation check failed")
+            return False
+
     def _next(self) -> Ticket[Any] | None:
         with self._cond:
-            while not self._queue and not self._stopped:
+            while not self._stopped and (ticket := self._pick()) is None:
                 self._cond.wait()
             if self._stopped:
                 return None
-            ticket = min(self._queue, key=self._order_key)
             self._queue.remove(ticket)
-            self._running = ticket
+            self._running.append(ticket)
             return ticket
 
     def _loop(self) -> None:
@@ -232,13 +283,14 @@ class InferenceScheduler:
                     log.exception("inference work %s failed", ticket.label)
                 ticket._finish(error=exc)
             finally:
-                self.busy_seconds += time.monotonic() - started
                 with self._cond:
-                    self._running = None
+                    self._busy += time.monotonic() - started
+                    self._running.remove(ticket)
                     if requeue and not self._stopped:
                         self._queue.append(ticket)
                     elif requeue:
                         ticket._finish(error=Cancelled("the server is shutting down"))
+                    self._cond.notify_all()
 
     def _run_one(self, ticket: Ticket[Any]) -> bool:
         """Run one unit of ``ticket``; True when it has more steps to run."""

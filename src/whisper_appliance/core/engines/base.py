@@ -18,9 +18,10 @@ ProgressCallback = Callable[[float], None]
 
 
 class Engine(ABC):
-    """One loaded model. Not safe for concurrent calls: the scheduler runs one call at a time."""
+    """One loaded model. At most ``parallel_calls`` calls may run on it at once (the scheduler keeps to that)."""
 
     engine_name: str = ""
+    parallel_calls: int = 1
 
     def __init__(self, model_name: str, device: str, compute_type: str) -> None:
         self.model_name = model_name

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import logging
 import math
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -61,15 +62,27 @@ def _fitting_model_class() -> type:
     ``encoder_frames`` there (the padding only, never audio). CTranslate2's Whisper encoder takes any length up
     to 30 s and costs a fraction for short ones (tiny.en on 2 cores: 0.27 s for 30 s, 0.04 s for 12 s); the
     decoder, word alignment and language detection all work from that shorter output.
+
+    ``encoder_frames`` belongs to the calling thread: the model's workers run calls from several threads at once.
     """
     from faster_whisper import WhisperModel
 
     class FittingWhisperModel(WhisperModel):  # type: ignore[misc]
-        encoder_frames: int | None = None  # set by the engine before every use (None: the full 30 s)
+        _window = threading.local()
+
+        @property
+        def encoder_frames(self) -> int | None:
+            """Set by the engine before every use on this thread (None: the full 30 s)."""
+            return getattr(self._window, "frames", None)
+
+        @encoder_frames.setter
+        def encoder_frames(self, frames: int | None) -> None:
+            self._window.frames = frames
 
         def encode(self, features: np.ndarray) -> Any:
-            if self.encoder_frames is not None and features.shape[-1] > self.encoder_frames:
-                features = features[..., :self.encoder_frames]
+            frames = self.encoder_frames
+            if frames is not None and features.shape[-1] > frames:
+                features = features[..., :frames]
             return super().encode(features)
 
     return FittingWhisperModel
@@ -78,15 +91,17 @@ def _fitting_model_class() -> type:
 class FasterWhisperEngine(Engine):
     engine_name = "faster-whisper"
 
-    def __init__(self, model_name: str, path: Path, *, device: str, compute_type: str, cpu_threads: int) -> None:
+    def __init__(self, model_name: str, path: Path, *, device: str, compute_type: str, cpu_threads: int,
+                 workers: int = 1) -> None:
         super().__init__(model_name, device, compute_type)
         self.path = Path(path)
         self.cpu_threads = cpu_threads
-        # num_workers=1: the scheduler runs one call at a time on this model.
+        # One set of weights; each of the ``workers`` runs one call at a time with ``cpu_threads`` threads.
+        self.parallel_calls = max(1, workers)
         self._model: Any = _fitting_model_class()(str(self.path), device=device, compute_type=compute_type,
-                                                  cpu_threads=cpu_threads, num_workers=1)
-        log.info("faster-whisper loaded %s from %s (%s, %s, %d threads)", model_name, self.path, device,
-                 compute_type, cpu_threads)
+                                                  cpu_threads=cpu_threads, num_workers=self.parallel_calls)
+        log.info("faster-whisper loaded %s from %s (%s, %s, %d workers x %d threads)", model_name, self.path, device,
+                 compute_type, self.parallel_calls, cpu_threads)
 
     @property
     def multilingual(self) -> bool:
