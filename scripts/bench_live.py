@@ -5,14 +5,15 @@
     python scripts/bench_live.py --streams 1,3 --formats pcm16,webm --files jfk.mp3,synthetic_meeting.wav
 
 For each number of concurrent streams and each format it streams the speech files at real-time pace (250 ms
-chunks: raw 16-bit PCM, or a WebM/Opus stream cut into the byte pieces MediaRecorder would send every 250 ms)
-and prints, per run:
+chunks: ``pcm16`` raw 16-bit PCM; ``webm`` a WebM/Opus stream cut as MediaRecorder cuts it, after the Opus block
+encoded 50 ms before each chunk is sent; ``webm_bytes`` the same stream in equal byte shares, cut anywhere) and
+prints, per run:
 
 * time to first partial (first partial shown - when its first word's audio was sent),
 * partial latency (partial shown - when the audio of its newest word was sent), p50/p95,
 * commit latency per committed word (transcription_result received - when that word's audio was sent, from
   the result's word times), p50/p95, with the p50 of the last word of each commit (the most favourable view),
-  and the p50 of the first and second half of each stream (a growing lag shows there),
+  and the p50 of each quarter of a stream, for commits and partials (a growing lag shows there),
 * wall/audio (the session's wall time over its audio length: about 1.0 when the server keeps up) and the flush
   time after stop_recording,
 * WER of the live text and of the offline transcription (POST /transcribe, same model) against the reference.
@@ -83,9 +84,34 @@ def encode_webm(path: Path | str, *, bitrate: str = "32k") -> bytes:
     return subprocess.run(args, check=True, capture_output=True, timeout=120).stdout
 
 
+# What a MediaRecorder chunk holds: the audio encoded up to this long before it is handed out. Measured in
+# Debian's Chromium 156 (fake microphone, start(250)): every chunk decodes to 0.051-0.053 s less audio than the
+# time since start.
+MEDIARECORDER_LAG_S = 0.05
+
+
 def webm_chunks(data: bytes, duration: float, chunk_s: float = CHUNK_S) -> list[bytes]:
-    """Cut a WebM stream into the pieces MediaRecorder.start(timeslice) would give: equal shares of the bytes,
-    one per ``chunk_s`` of audio. Only the first piece has the header; the cuts fall anywhere in the stream."""
+    """Cut a WebM stream as MediaRecorder.start(timeslice) does: chunk i ends after the last Opus block that ends
+    ``MEDIARECORDER_LAG_S`` before (i + 1) * ``chunk_s``. Only the first chunk has the header."""
+    probe = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "packet=pts_time,duration_time,pos,size",
+                            "-of", "csv=p=0", "-"], input=data, check=True, capture_output=True, timeout=120)
+    blocks = []  # (end time, end byte) per Opus block
+    for line in probe.stdout.decode().split():
+        pts, duration_s, size, pos = line.split(",")[:4]
+        blocks.append((float(pts) + float(duration_s), int(pos) + int(size)))
+    n = max(1, math.ceil(duration / chunk_s))
+    cuts, b = [], 0
+    for i in range(1, n):
+        while b < len(blocks) and blocks[b][0] <= i * chunk_s - MEDIARECORDER_LAG_S:
+            b += 1
+        cuts.append(blocks[b - 1][1] if b else 0)
+    bounds = [0, *cuts, len(data)]
+    return [data[lo:hi] for lo, hi in zip(bounds, bounds[1:], strict=False)]
+
+
+def byte_chunks(data: bytes, duration: float, chunk_s: float = CHUNK_S) -> list[bytes]:
+    """Cut a stream into equal shares of its bytes, one per ``chunk_s`` of audio: cuts fall anywhere, even inside
+    a block or the header (the protocol must cope; the audio arrives later than with ``webm_chunks``)."""
     n = max(1, math.ceil(duration / chunk_s))
     size = math.ceil(len(data) / n)
     return [data[i:i + size] for i in range(0, len(data), size)]
@@ -104,6 +130,12 @@ class Received:
 
 def _pct(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
+
+
+def _quarters(values: list[float]) -> list[float | None]:
+    """p50 of each quarter of a stream's figures, in stream order: a growing lag shows as a rising series."""
+    bounds = [round(len(values) * k / 4) for k in range(5)]
+    return [_pct(values[lo:hi], 50) for lo, hi in zip(bounds, bounds[1:], strict=False)]
 
 
 @dataclass
@@ -170,13 +202,12 @@ class Outcome:
 
     def summary(self) -> dict[str, Any]:
         commits = self.commit_latencies()
-        half = len(commits) // 2
         return {
             "first_partial_s": self.first_partial(),
             "partial_p50_s": _pct(self.partial_latencies(), 50), "partial_p95_s": _pct(self.partial_latencies(), 95),
             "commit_p50_s": _pct(commits, 50), "commit_p95_s": _pct(commits, 95),
             "commit_last_word_p50_s": _pct(self.commit_event_latencies(), 50),
-            "commit_p50_first_half_s": _pct(commits[:half], 50), "commit_p50_second_half_s": _pct(commits[half:], 50),
+            "commit_p50_by_quarter_s": _quarters(commits), "partial_p50_by_quarter_s": _quarters(self.partial_latencies()),
             "wall_over_audio": self.wall_over_audio(), "flush_s": self.flush_seconds(),
             "finals": len(self.finals), "partials": len(self.partials), "errors": len(self.errors),
         }
@@ -416,7 +447,7 @@ def _free_port() -> int:
 class OwnServer:
     """The appliance as a subprocess on free ports with a throwaway data folder (``python src/main.py serve``)."""
 
-    def __init__(self, model: str, threads: int) -> None:
+    def __init__(self, model: str, threads: int, workers: int = 0) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="bench-live-"))
         port = _free_port()
         self.url = f"https://127.0.0.1:{port}"
@@ -425,7 +456,8 @@ class OwnServer:
         env.update({"HOST": "127.0.0.1", "HTTPS_PORT": str(port), "HTTP_REDIRECT": "false",
                     "DATA_DIR": str(self.tmp / "data"), "SSL_DIR": str(self.tmp / "ssl"),
                     "MODELS_DIR": str(ROOT / "models"), "WHISPER_MODEL": model, "MODEL_DOWNLOADS": "false",
-                    "CPU_THREADS": str(threads), "LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1"})
+                    "CPU_THREADS": str(threads), "INFERENCE_WORKERS": str(workers), "LOG_LEVEL": "WARNING",
+                    "PYTHONUNBUFFERED": "1"})
         self.log = open(self.tmp / "server.log", "wb")
         self.proc = subprocess.Popen([sys.executable, str(SRC / "main.py"), "serve"], cwd=ROOT, env=env,
                                      stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -469,12 +501,16 @@ class Prepared:
 def prepare(path: Path) -> Prepared:
     audio = decode_audio(path)
     duration = audio.size / SAMPLE_RATE
-    return Prepared(path, duration, {"pcm16": pcm_chunks(audio), "webm": webm_chunks(encode_webm(path), duration)})
+    webm = encode_webm(path)
+    return Prepared(path, duration, {"pcm16": pcm_chunks(audio), "webm": webm_chunks(webm, duration),
+                                     "webm_bytes": byte_chunks(webm, duration)})
 
 
-def run_concurrent(url: str, verify: str | bool, token: str | None, files: list[Prepared], fmt: str,
+def run_concurrent(url: str, verify: str | bool, token: str | None, files: list[Prepared], chunking: str,
                    streams: int) -> list[tuple[Prepared, Outcome]]:
-    """``streams`` clients at once, each streaming every file in turn on its own connection."""
+    """``streams`` clients at once, each streaming every file in turn on its own connection, as ``chunking``
+    (a ``Prepared.chunks`` key: pcm16, webm or webm_bytes)."""
+    fmt = "webm" if chunking.startswith("webm") else chunking
     results: list[tuple[Prepared, Outcome]] = []
     errors: list[BaseException] = []
     lock = threading.Lock()
@@ -486,7 +522,7 @@ def run_concurrent(url: str, verify: str | bool, token: str | None, files: list[
                 # Stagger the clients so their chunks do not all land in the same instant.
                 time.sleep(k * CHUNK_S / max(streams, 1))
                 for f in files:
-                    out = c.run_stream(f.chunks[fmt], f.duration, fmt=fmt)
+                    out = c.run_stream(f.chunks[chunking], f.duration, fmt=fmt)
                     with lock:
                         results.append((f, out))
             finally:
@@ -520,9 +556,9 @@ def print_rows(label: str, rows: list[tuple[Prepared, Outcome]], offline: dict[P
         off_wer = word_error_rate(ref, offline[f.path]) if ref and f.path in offline else None
         print(f"  {label:<22} {f.path.name:<22} first partial {_fmt(s['first_partial_s'])} s | partial p50/p95 "
               f"{_fmt(s['partial_p50_s'])}/{_fmt(s['partial_p95_s'])} s | commit p50/p95 {_fmt(s['commit_p50_s'])}/"
-              f"{_fmt(s['commit_p95_s'])} s (last word of a commit {_fmt(s['commit_last_word_p50_s'])}) | halves "
-              f"{_fmt(s['commit_p50_first_half_s'])}->"
-              f"{_fmt(s['commit_p50_second_half_s'])} s | wall/audio {_fmt(s['wall_over_audio'], '.3f')} | flush "
+              f"{_fmt(s['commit_p95_s'])} s (last word of a commit {_fmt(s['commit_last_word_p50_s'])}) | p50 by quarter "
+              f"{'->'.join(_fmt(x) for x in s['commit_p50_by_quarter_s'])} s, partial "
+              f"{'->'.join(_fmt(x) for x in s['partial_p50_by_quarter_s'])} s | wall/audio {_fmt(s['wall_over_audio'], '.3f')} | flush "
               f"{_fmt(s['flush_s'])} s | WER live {_fmt(live_wer, '.1%')} offline {_fmt(off_wer, '.1%')} | "
               f"errors {s['errors']}", flush=True)
     agg = {"commit_p50_s": _pct(commits, 50), "commit_p95_s": _pct(commits, 95),
@@ -539,8 +575,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token", help="API token, when the server requires one")
     parser.add_argument("--model", default="tiny.en", help="model of the started server (default tiny.en)")
     parser.add_argument("--threads", type=int, default=0, help="CPU_THREADS of the started server")
+    parser.add_argument("--workers", type=int, default=0, help="INFERENCE_WORKERS of the started server (0: auto)")
     parser.add_argument("--streams", default="1,3", help="numbers of concurrent streams (default 1,3)")
-    parser.add_argument("--formats", default="pcm16,webm")
+    parser.add_argument("--formats", default="pcm16,webm", help="pcm16, webm and/or webm_bytes")
     parser.add_argument("--files", default="jfk.mp3,synthetic_meeting.wav", help=f"files in {SPEECH_DIR}")
     parser.add_argument("--no-job", action="store_true", help="skip the run with a long file job")
     args = parser.parse_args(argv)
@@ -549,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.url:
         url, verify = args.url.rstrip("/"), (args.cert or False)
     else:
-        server = OwnServer(args.model, args.threads or (os.cpu_count() or 1))
+        server = OwnServer(args.model, args.threads or (os.cpu_count() or 1), args.workers)
         print(f"starting a server ({args.model}) at {server.url} ...", flush=True)
         server.wait_ready()
         url, verify = server.url, str(server.cert)
