@@ -12,11 +12,11 @@ from flask import Blueprint, Flask, Response, jsonify, request
 from flask_socketio import SocketIO, emit, join_room, leave_room
 
 from ..core.errors import ApplianceError, InvalidInput
-from ..core.options import parse_int, parse_options
-from ..http import appliance, formatted_response, require_access, safe_filename, uploaded_file
+from ..core.options import parse_int
+from ..http import appliance, formatted_response, require_access
 from ..services.job_store import MAX_PAGE, STATUSES
 from ..services.jobs import JobQueue, job_room
-from .upload import FILE_FIELDS, parse_line_width, parse_output
+from .upload import parse_line_width, parse_output, parse_upload_form
 
 bp = Blueprint("jobs", __name__)
 
@@ -31,12 +31,9 @@ def jobs() -> JobQueue:
 @require_access
 def submit() -> Response:
     a = appliance()
-    storage = uploaded_file(*FILE_FIELDS)
-    options = parse_options(request.form)
-    fmt = parse_output(request.form.get("output"))
-    filename = safe_filename(storage.filename)
-    with a.transcription.spooled(storage.stream, filename) as spooled:
-        view = jobs().submit(spooled, options, output=fmt, requested_model=request.form.get("model") or None)
+    upload = parse_upload_form()
+    with a.transcription.spooled(upload.storage.stream, upload.filename) as spooled:
+        view = jobs().submit(spooled, upload.options, output=upload.output, requested_model=upload.model)
     body = {"job_id": view.job_id, "status": view.status, "links": view.links}
     if view.cached:
         body["cached"] = True

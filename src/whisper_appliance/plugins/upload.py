@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from flask import Blueprint, Flask, Response, jsonify, request
 from flask_socketio import SocketIO
 
 from ..core.errors import InvalidInput
 from ..core.formats import FORMATS
 from ..core.options import parse_int, parse_options
+from ..core.records import TranscribeOptions
 from ..http import appliance, formatted_response, require_access, safe_filename, uploaded_file
 
 bp = Blueprint("upload", __name__)
@@ -26,22 +30,38 @@ def parse_line_width(value: str | None) -> int | None:
     return parse_int("max_line_width", value, lo=10, hi=500)
 
 
+@dataclass(frozen=True)
+class UploadForm:
+    """A multipart transcription request (``POST /transcribe`` and ``POST /api/jobs``), checked."""
+
+    storage: Any                   # werkzeug FileStorage, not read yet
+    filename: str
+    options: TranscribeOptions
+    output: str
+    model: str | None
+    max_line_width: int | None
+
+
+def parse_upload_form() -> UploadForm:
+    storage = uploaded_file(*FILE_FIELDS)
+    form = request.form
+    return UploadForm(storage=storage, filename=safe_filename(storage.filename), options=parse_options(form),
+                      output=parse_output(form.get("output")), model=form.get("model") or None,
+                      max_line_width=parse_line_width(form.get("max_line_width")))
+
+
 @bp.post("/transcribe")
 @require_access
 def transcribe() -> Response:
     a = appliance()
-    storage = uploaded_file(*FILE_FIELDS)
-    options = parse_options(request.form)
-    fmt = parse_output(request.form.get("output"))
-    line_width = parse_line_width(request.form.get("max_line_width"))
-    filename = safe_filename(storage.filename)
-    with a.transcription.spooled(storage.stream, filename) as spooled:
-        result = a.transcription.transcribe_file(spooled, options, source="upload",
-                                                 requested_model=request.form.get("model") or None,
-                                                 metadata={"size_bytes": spooled.size})
-    if fmt == "json":
-        return jsonify(result.to_dict(words=options.word_timestamps))
-    return formatted_response(result.transcript, fmt, filename, max_line_width=line_width)
+    upload = parse_upload_form()
+    with a.transcription.spooled(upload.storage.stream, upload.filename) as spooled:
+        result = a.transcription.transcribe_file(spooled, upload.options, source="upload",
+                                                 requested_model=upload.model, metadata={"size_bytes": spooled.size})
+    if upload.output == "json":
+        return jsonify(result.to_dict(words=upload.options.word_timestamps))
+    return formatted_response(result.transcript, upload.output, upload.filename,
+                              max_line_width=upload.max_line_width)
 
 
 @bp.post("/api/detect-language")
