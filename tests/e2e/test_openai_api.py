@@ -9,8 +9,10 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
+import numpy as np
 import openai
 import pytest
+import soundfile
 from openai import OpenAI
 
 from whisper_appliance.core.wer import word_error_rate
@@ -120,8 +122,12 @@ def test_models_list(client):
     assert client.models.retrieve("whisper-1").owned_by == "whisper-appliance"
 
 
-def test_api_transcriptions_are_recorded_in_history(server, client, speech_dir):
-    with (speech_dir / "cards_001.wav").open("rb") as f:
+def test_api_transcriptions_are_recorded_in_history(server, client, speech_dir, tmp_path):
+    # Bytes no other test uploads: a result-cache hit would answer from the first upload's entry instead.
+    audio, rate = soundfile.read(speech_dir / "cards_001.wav", dtype="float32")
+    unique = tmp_path / "cards_001.wav"
+    soundfile.write(unique, np.concatenate([audio, np.zeros(rate // 10, dtype="float32")]), rate)
+    with unique.open("rb") as f:
         text = client.audio.transcriptions.create(model="whisper-1", file=f).text
     r = server.session(token=server.token).get(server.url("/api/history"), params={"source": "api"}, timeout=30)
     assert r.status_code == 200, r.text

@@ -113,6 +113,16 @@ def test_update_text_rewrites_the_segments_so_subtitles_say_the_correction(store
     assert store.update_text(entry.id, "").segments == ()
 
 
+def test_segments_keep_their_decoding_details_for_cached_verbose_json(store):
+    seg = Segment(0, 0.0, 2.0, " Hello there.", avg_logprob=-0.2, words=(Word(0.0, 0.5, " Hello", 0.9),),
+                  temperature=0.2, compression_ratio=1.1, tokens=(50364, 2425, 456))
+    entry = store.add(text="Hello there.", source="upload", segments=[seg], duration=2.0)
+    rebuilt = store.get(entry.id).transcript().segments[0]
+    assert (rebuilt.tokens, rebuilt.temperature, rebuilt.compression_ratio) == ((50364, 2425, 456), 0.2, 1.1)
+    assert rebuilt.words == seg.words
+    assert "tokens" not in seg.to_dict()  # the public shape (POST /transcribe) stays as it was
+
+
 def test_delete_and_delete_many(store):
     ids = [store.add(text=f"note number {i} about apples", source="live").id for i in range(6)]
     store.delete(ids[0])

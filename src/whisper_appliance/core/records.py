@@ -41,13 +41,18 @@ class Segment:
     compression_ratio: float = 0.0
     tokens: tuple[int, ...] = ()
 
-    def to_dict(self, *, words: bool = True) -> dict[str, Any]:
+    def to_dict(self, *, words: bool = True, decoding: bool = False) -> dict[str, Any]:
+        """The public shape; ``decoding`` adds temperature, compression ratio and tokens (stored in history, so a
+        cached result can still answer verbose_json in full)."""
         out: dict[str, Any] = {
             "id": self.id, "start": round(self.start, 3), "end": round(self.end, 3), "text": self.text,
             "avg_logprob": round(self.avg_logprob, 4), "no_speech_prob": round(self.no_speech_prob, 4),
         }
         if words and self.words:
             out["words"] = [w.to_dict() for w in self.words]
+        if decoding:
+            out.update(temperature=self.temperature, compression_ratio=round(self.compression_ratio, 4),
+                       tokens=list(self.tokens))
         return out
 
     @classmethod
@@ -55,7 +60,10 @@ class Segment:
         return cls(id=int(d.get("id", 0)), start=float(d["start"]), end=float(d["end"]), text=str(d["text"]),
                    avg_logprob=float(d.get("avg_logprob", 0.0)), no_speech_prob=float(d.get("no_speech_prob", 0.0)),
                    words=tuple(Word(float(w["start"]), float(w["end"]), str(w["word"]),
-                                    float(w.get("probability", 0.0))) for w in d.get("words") or ()))
+                                    float(w.get("probability", 0.0))) for w in d.get("words") or ()),
+                   temperature=float(d.get("temperature", 0.0)),
+                   compression_ratio=float(d.get("compression_ratio", 0.0)),
+                   tokens=tuple(int(t) for t in d.get("tokens") or ()))
 
 
 @dataclass(frozen=True)

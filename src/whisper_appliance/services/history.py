@@ -229,7 +229,7 @@ def _row_values(new: NewEntry) -> dict[str, Any]:
     segments = []
     for seg in new.segments:
         if isinstance(seg, Segment):
-            segments.append(seg.to_dict())
+            segments.append(seg.to_dict(decoding=True))
         elif isinstance(seg, Mapping):
             try:
                 Segment.from_dict(seg)  # the shape transcript() will need later

@@ -199,7 +199,7 @@ class TranscriptionService:
             entry = self.history.add(
                 source=source, filename=filename, text=transcript.text, language=transcript.language,
                 model=status.name, engine=status.engine, duration=transcript.duration,
-                processing_seconds=processing_seconds, segments=[s.to_dict() for s in transcript.segments],
+                processing_seconds=processing_seconds, segments=[s.to_dict(decoding=True) for s in transcript.segments],
                 audio_sha256=audio_sha256, metadata=metadata,
                 options_key=make_options_key(options) if options is not None else None, created_at=timestamp)
             history_id = entry.id
