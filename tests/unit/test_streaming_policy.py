@@ -294,6 +294,20 @@ def test_short_utterance_alone_is_committed_after_the_hold_silence():
     assert policy.lag_seconds == 0.0
 
 
+def test_committed_audio_re_said_in_other_words_is_never_partial_or_committed_again():
+    policy = make_policy(agreement_after_s=0.0, agreement_margin_s=0.0)
+    policy.push_audio(speech(2.0))
+    policy.apply(policy.next_pass(), result(words_of("one two three four", 0.0)), elapsed=0.1)
+    policy.push_audio(speech(0.5))
+    policy.apply(policy.next_pass(), result(words_of("one two tree for five", 0.0)), elapsed=0.1)
+    assert policy.committed_text == "one two"  # committed up to 0.7 s
+    policy.push_audio(speech(0.5))
+    # The next pass hears the committed words as other words: the text match finds nothing to remove.
+    events = policy.apply(policy.next_pass(), result(words_of("won too three four five six", 0.0)), elapsed=0.1)
+    assert [e.text for e in events if e.kind == "partial"] == ["three four five six"]
+    assert not any(w in policy.committed_text for w in ("won", "too"))
+
+
 def test_passes_hear_the_earlier_utterance_and_commit_only_the_new_words():
     policy = make_policy(context_s=10.0)
     policy.push_audio(speech(1.0))

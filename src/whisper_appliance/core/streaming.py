@@ -507,6 +507,12 @@ class StreamingPolicy:
         own_start = utt.start / self._sr
         while skip < len(words) and words[skip].end <= own_start:
             skip += 1
+        # A word centred well inside audio that is already committed re-says it in other words ("and we wanna read"
+        # over a committed "Everyone agreed to meet"), which the text match cannot see: never new speech either.
+        # (The slack keeps a short new word whose times jittered back over the last committed one.)
+        committed_end = self._committed[-1].end if self._committed else 0.0
+        while skip < len(words) and (words[skip].start + words[skip].end) / 2 < committed_end - _GAP_SLACK_S:
+            skip += 1
         tail, tail_keys = words[skip:], keys[skip:]
         utt.last_words = tail
 
