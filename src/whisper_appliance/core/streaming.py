@@ -11,8 +11,9 @@ the passes it asked for (``apply``); it never calls the model itself. Its decisi
 * Every pass also hears up to ``context_s`` of the audio before the utterance (earlier utterances, already
   committed): Whisper decodes a few seconds of speech alone much worse than the same words inside their context.
   The words a pass re-says are removed by text (committed-prefix matching, robust to jitter and re-wording) and
-  by time (no word ending before the utterance is new), so only what follows is partial or committed. With the
-  encoder window fitted to the pass (``fit_window``) that context costs almost nothing.
+  by time (no word ending before the utterance, or centred inside committed audio, is new), so only what follows
+  is partial or committed. With the encoder window fitted to the pass (``fit_window``) that context costs almost
+  nothing.
 * A short utterance with no such context (the first one of a session) is held open over pauses shorter than
   ``hold_silence_s`` until its final pass would hear ``min_final_window_s`` of audio: the first words are then
   decoded together with the next ones instead of alone.
