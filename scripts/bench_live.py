@@ -207,7 +207,8 @@ class Outcome:
             "partial_p50_s": _pct(self.partial_latencies(), 50), "partial_p95_s": _pct(self.partial_latencies(), 95),
             "commit_p50_s": _pct(commits, 50), "commit_p95_s": _pct(commits, 95),
             "commit_last_word_p50_s": _pct(self.commit_event_latencies(), 50),
-            "commit_p50_by_quarter_s": _quarters(commits), "partial_p50_by_quarter_s": _quarters(self.partial_latencies()),
+            "commit_p50_by_quarter_s": _quarters(commits),
+            "partial_p50_by_quarter_s": _quarters(self.partial_latencies()),
             "wall_over_audio": self.wall_over_audio(), "flush_s": self.flush_seconds(),
             "finals": len(self.finals), "partials": len(self.partials), "errors": len(self.errors),
         }
@@ -219,7 +220,8 @@ class SocketClient:
     Why not the threaded ``socketio.Client``: over wss:// it reads and writes one TLS socket from two threads
     (websocket-client's read loop and write loop), which Python's ssl module does not support: 7 of 50 short
     sessions dropped a few milliseconds after connecting, the server having done nothing wrong (python-engineio
-    issue #461). The asyncio client does all its I/O on one thread (0 of 150 dropped). Every server event is recorded with its arrival time in ``events``.
+    issue #461). The asyncio client does all its I/O on one thread (0 of 150 dropped). Every server event is
+    recorded with its arrival time in ``events``.
     """
 
     def __init__(self, url: str, *, verify: str | bool = True, token: str | None = None,
@@ -556,9 +558,10 @@ def print_rows(label: str, rows: list[tuple[Prepared, Outcome]], offline: dict[P
         off_wer = word_error_rate(ref, offline[f.path]) if ref and f.path in offline else None
         print(f"  {label:<22} {f.path.name:<22} first partial {_fmt(s['first_partial_s'])} s | partial p50/p95 "
               f"{_fmt(s['partial_p50_s'])}/{_fmt(s['partial_p95_s'])} s | commit p50/p95 {_fmt(s['commit_p50_s'])}/"
-              f"{_fmt(s['commit_p95_s'])} s (last word of a commit {_fmt(s['commit_last_word_p50_s'])}) | p50 by quarter "
-              f"{'->'.join(_fmt(x) for x in s['commit_p50_by_quarter_s'])} s, partial "
-              f"{'->'.join(_fmt(x) for x in s['partial_p50_by_quarter_s'])} s | wall/audio {_fmt(s['wall_over_audio'], '.3f')} | flush "
+              f"{_fmt(s['commit_p95_s'])} s (last word of a commit {_fmt(s['commit_last_word_p50_s'])}) | "
+              f"p50 by quarter {'->'.join(_fmt(x) for x in s['commit_p50_by_quarter_s'])} s, partial "
+              f"{'->'.join(_fmt(x) for x in s['partial_p50_by_quarter_s'])} s | "
+              f"wall/audio {_fmt(s['wall_over_audio'], '.3f')} | flush "
               f"{_fmt(s['flush_s'])} s | WER live {_fmt(live_wer, '.1%')} offline {_fmt(off_wer, '.1%')} | "
               f"errors {s['errors']}", flush=True)
     agg = {"commit_p50_s": _pct(commits, 50), "commit_p95_s": _pct(commits, 95),

@@ -193,8 +193,9 @@ def test_an_utterance_starts_committing_early_only_with_words_the_model_is_sure_
     assert finals(events) == ["everyone agreed to meet"]
     # Once an utterance has committed words, later agreed words commit whatever their probability.
     policy.push_audio(speech(0.5))
-    events = policy.apply(policy.next_pass(), result([*words_of("everyone agreed to meet", 0.0),
-                                                      Word(1.6, 1.9, " again", 0.2), Word(2.0, 2.3, " next", 0.2)]), 0.1)
+    unsure_tail = [*words_of("everyone agreed to meet", 0.0), Word(1.6, 1.9, " again", 0.2),
+                   Word(2.0, 2.3, " next", 0.2)]
+    events = policy.apply(policy.next_pass(), result(unsure_tail), elapsed=0.1)
     assert finals(events) == ["again"]
 
 

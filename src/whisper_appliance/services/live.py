@@ -14,8 +14,8 @@ limit and the session limits from Settings. A ``LiveSession`` holds
 Events the loop emits (the Socket.IO protocol's server side):
 ``transcription_partial {session_id, text, start, end}``, ``transcription_result {session_id, text, start, end,
 words: [{word, start, end}], final: true, language}``, ``transcription_error {code, message}`` and, once,
-``recording_stopped {session_id, text, duration, history_id}``. Committed text is saved to history (source ``live``) when a session ends, also
-when the client disconnects; only the server writes those entries.
+``recording_stopped {session_id, text, duration, history_id}``. Committed text is saved to history (source
+``live``) when a session ends, also when the client disconnects; only the server writes those entries.
 
 ``transcribe_recording`` is the seed's legacy path: one chunk holding a whole recording, transcribed at once.
 Nothing here imports Flask or Socket.IO.

@@ -242,7 +242,7 @@ class InferenceScheduler:
 
     def _pick(self) -> Ticket[Any] | None:
         """The ticket a free lane should run now (called under the lock), or None."""
-        capacity = min(self._lanes, self._models.parallel_calls) if hasattr(self._models, "parallel_calls") else 1
+        capacity = min(self._lanes, getattr(self._models, "parallel_calls", 1))
         if not self._queue or len(self._running) >= capacity:
             return None
         ticket = min(self._queue, key=self._order_key)
