@@ -397,3 +397,52 @@ def test_restore_waits_for_unfinished_jobs_holds_new_ones_off_and_reloads_the_qu
                                                               "audio_sha256": ""}, duration=2.5, job_id="from-backup")
     assert env.wait("from-backup").status == "completed"  # resumed by the reloaded queue
     assert env.wait(env.submit(env.wav(1.5)).job_id).status == "completed"  # and new jobs are taken again
+
+
+def test_restore_waits_for_a_job_whose_transcription_is_done_but_not_yet_stored(env, monkeypatch):
+    """The job's status may read 'completed' a moment before the watcher lets go of it: a restore then waits."""
+    storing, release = threading.Event(), threading.Event()
+    record = env.transcription.record
+
+    def slow_record(*args: Any, **kwargs: Any):
+        storing.set()
+        release.wait(5)
+        return record(*args, **kwargs)
+
+    monkeypatch.setattr(env.transcription, "record", slow_record)
+    view = env.submit(env.wav(1.0))
+    assert storing.wait(5)
+    threading.Timer(0.2, release.set).start()
+    started = time.monotonic()
+    with env.queue.suspended():
+        assert time.monotonic() - started >= 0.15  # it waited for the storing rather than refusing
+        assert env.store.get(view.job_id).status == "completed"
+
+
+def test_a_submission_still_being_checked_keeps_a_restore_off(env, monkeypatch):
+    """A submission past the restore check but not yet queued counts as unfinished (no job slips into a restore)."""
+    import whisper_appliance.services.jobs as jobs_module
+
+    decoding, release = threading.Event(), threading.Event()
+    decode = jobs_module.decode_audio
+
+    def slow_decode(*args: Any, **kwargs: Any):
+        decoding.set()
+        release.wait(5)
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(jobs_module, "decode_audio", slow_decode)
+    submitted: list[Any] = []
+    thread = threading.Thread(target=lambda: submitted.append(env.submit(env.wav(1.0))))
+    thread.start()
+    try:
+        assert decoding.wait(5)
+        with pytest.raises(Conflict) as err, env.queue.suspended():
+            pass
+        assert err.value.code == "jobs_running"
+    finally:
+        release.set()
+        thread.join(5)
+    assert env.wait(submitted[0].job_id).status == "completed"
+    with env.queue.suspended():
+        pass

@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 PERSIST_INTERVAL = 0.5  # seconds between progress writes to SQLite ("at most ~2x/second")
 WATCH_INTERVAL = 0.1  # how often the watcher looks for finished tickets
+FINISHING_WAIT = 10.0  # how long a restore waits for jobs whose transcription is done to be stored
 _EXTENSION = re.compile(r"\.[a-z0-9]{1,8}")
 _OPTION_FIELDS = frozenset(f.name for f in fields(TranscribeOptions))
 
@@ -176,6 +177,7 @@ class JobQueue:
         self._started = False
         self._stopping = False
         self._suspended = False
+        self._submitting = 0  # submissions past the restore check and not yet registered in _active
         self._threads: list[Any] = []
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
@@ -216,11 +218,15 @@ class JobQueue:
         """Around a database restore: only when no job is unfinished, with new submissions refused meanwhile; then
         the queue is reloaded from the (restored) database, resuming what that one has unfinished."""
         with self._cond:
-            if self._active:
-                raise Conflict(f"{len(self._active)} transcription job(s) are queued or running; wait for them or "
-                               "cancel them before restoring a backup", code="jobs_running")
             if self._suspended:
                 raise Conflict("a restore is already in progress", code="restore_in_progress")
+            # A job whose transcription is done is only being stored: wait for that rather than refuse.
+            self._cond.wait_for(lambda: not any(a.ticket is not None and a.ticket.done()
+                                                for a in self._active.values()), FINISHING_WAIT)
+            unfinished = len(self._active) + self._submitting
+            if unfinished:
+                raise Conflict(f"{unfinished} transcription job(s) are queued or running; wait for them or "
+                               "cancel them before restoring a backup", code="jobs_running")
             self._suspended = True
         try:
             yield
@@ -243,6 +249,17 @@ class JobQueue:
             if self._suspended:
                 raise Conflict("a backup is being restored; submit the job again in a moment",
                                code="restore_in_progress")
+            self._submitting += 1
+        try:
+            return self._admit(spooled, options, output, requested_model)
+        finally:
+            with self._cond:
+                self._submitting -= 1
+                self._cond.notify_all()
+
+    def _admit(self, spooled: SpooledAudio, options: TranscribeOptions, output: str,
+               requested_model: str | None) -> JobView:
+        """Check, store and queue one submission; counted in ``_submitting`` until it is registered."""
         if requested_model:
             status = self.transcription.check_requested_model(requested_model)
         else:
@@ -361,6 +378,7 @@ class JobQueue:
                 finally:
                     with self._cond:
                         self._active.pop(active.job_id, None)
+                        self._cond.notify_all()
 
     def _finish(self, active: _Active) -> None:
         assert active.ticket is not None
