@@ -157,29 +157,36 @@ def test_live_dictation_in_chromium(server, api, speech_dir, tmp_path, fmt, name
     assert word_error_rate(entry["text"], shown["text"]) == 0.0
 
 
-def test_live_dictation_survives_a_dropped_connection(server, speech_dir, tmp_path):
-    """The transport is closed mid-speech: the text so far stays, socket.io reconnects, a new session goes on."""
+@pytest.mark.parametrize("fmt", ["pcm16", "webm"])
+def test_live_dictation_survives_a_dropped_connection(server, speech_dir, tmp_path, fmt):
+    """The transport is closed mid-speech: the text so far stays, socket.io reconnects, a new session goes on.
+
+    WebM cannot resume mid-stream, so a WebM recording continues as PCM, starting with the audio the lost session
+    had not committed (the page keeps the worklet's PCM in both formats)."""
     wav, seconds = fake_mic_wav(speech_file(speech_dir, "synthetic_meeting"), tmp_path)
     seen: dict[str, object] = {}
 
     def drop_connection(page) -> None:
         page.wait_for_timeout(9_000)
         seen["session_before"] = page.evaluate("WA.live.sessionId")
+        seen["format_before"] = page.evaluate("WA.live.format")
         seen["committed_before"] = page.locator("#live-committed").inner_text()
         page.evaluate("WA.live.socket.io.engine.close()")
         page.wait_for_function("() => WA.live.state === 'recording' && WA.live.sessionId !== null", timeout=30_000)
         seen["status_after"] = page.get_by_test_id("live-status").inner_text()
         seen["session_after"] = page.evaluate("WA.live.sessionId")
+        seen["format_after"] = page.evaluate("WA.live.format")
 
     with chromium(wav) as context:
         page, problems = open_page(context, server.url("/"))
-        shown = dictate(page, "pcm16", seconds - 9.0, during=drop_connection)
+        shown = dictate(page, fmt, seconds - 9.0, during=drop_connection)
 
     wer = word_error_rate(reference_text("synthetic_meeting"), shown["text"])
-    print(f"\n[reconnect] WER {wer:.1%}; committed before the drop {seen['committed_before']!r}; status after "
-          f"reconnect {seen['status_after']!r}\n  text: {shown['text']!r}")
+    print(f"\n[reconnect, {fmt}] WER {wer:.1%}; committed before the drop {seen['committed_before']!r}; status "
+          f"after reconnect {seen['status_after']!r}\n  text: {shown['text']!r}")
     assert problems.errors == [] and problems.dialogs == []
     assert seen["session_after"] != seen["session_before"]
+    assert (seen["format_before"], seen["format_after"]) == (fmt, "pcm16")
     assert "Reconnected" in str(seen["status_after"])
     assert shown["text"].startswith(str(seen["committed_before"]))  # committed text is never retracted
     # The audio the lost session had not committed, and the audio captured during the gap, go to the new one.

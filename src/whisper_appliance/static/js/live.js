@@ -11,7 +11,10 @@
  * gain are off unless the user turns them on: they distort clean speech and cost accuracy.
  *
  * When the connection drops, the committed text stays; socket.io reconnects and, if still recording, a new
- * server session starts and its text is appended (PCM captured during the gap is sent to it). */
+ * server session starts and its text is appended. The worklet's 16 kHz PCM is kept in both formats until a
+ * committed result covers it, so the new session is sent what the lost one had not committed plus what was
+ * captured during the gap. A WebM stream cannot be resumed mid-way (later chunks need the first one's header),
+ * so a WebM recording goes on as PCM after a reconnect. */
 "use strict";
 
 (function () {
@@ -52,7 +55,7 @@
   let sessionId = null;
   let sessionOffset = 0; // seconds: where the current server session starts in the whole recording
   let captured = 0; // PCM samples captured so far, counted from the start of the recording (pcm16)
-  let unconfirmed = []; // PCM chunks sent to the current session that no committed result covers yet
+  let unconfirmed = []; // PCM chunks of the current session (pcm16: sent; webm: kept) no committed result covers
   let seq = 0;
   let pending = []; // chunks waiting for recording_started / a reconnect
   let pendingBytes = 0;
@@ -190,6 +193,7 @@
     reconnecting = true;
     sessionId = null;
     render("");
+    if (capture && capture.format === "webm" && state !== "stopping") continueAsPcm(capture);
     if (state === "stopping") {
       // The server saves what it had when the connection went; there is nothing left to wait for.
       finishStop("The connection dropped while finishing; the server saved the text it had received.", "warn");
@@ -211,15 +215,11 @@
         setState("idle");
       }
     }, START_TIMEOUT_MS);
-    socket.emit("start_recording", {language: s.language, task: s.task, format: s.format, sample_rate: OUT_RATE});
+    const format = capture ? capture.format : s.format; // webm turns into pcm16 after a reconnect
+    socket.emit("start_recording", {language: s.language, task: s.task, format, sample_rate: OUT_RATE});
   }
 
   function restartSession() {
-    if (capture && capture.format === "webm") {
-      // A new server session needs a fresh WebM header: start a new recorder on the same microphone.
-      dropPending();
-      restartRecorder();
-    }
     if (capture && capture.format === "pcm16") {
       // The lost session never committed this audio: send it again, ahead of what was captured meanwhile.
       pending = unconfirmed.concat(pending);
@@ -227,7 +227,9 @@
       unconfirmed = [];
       sessionOffset = (pending.length ? pending[0].pos : captured) / OUT_RATE;
     } else {
-      sessionOffset = recordingBase + (performance.now() - startedAt) / 1000;
+      // WebM that never had a session (the first connection came late): its whole stream, header first, waits
+      // in ``pending``. A lost WebM session has already turned into PCM (onDisconnect).
+      sessionOffset = recordingBase;
     }
     setState("starting");
     emitStart();
@@ -299,7 +301,13 @@
   function captureChunk(buffer, samples) {
     const item = {buffer, samples, pos: captured};
     captured += samples;
-    sendChunk(item);
+    if (capture && capture.format === "pcm16") {
+      sendChunk(item);
+    } else {
+      // WebM goes to the server; this PCM copy is what a reconnect would resend.
+      unconfirmed.push(item);
+      trim(unconfirmed);
+    }
   }
 
   function sendChunk(item) {
@@ -311,7 +319,6 @@
       }
       return;
     }
-    if (capture && capture.format === "webm" && reconnecting) return; // a new recorder starts on reconnect
     pending.push(item);
     pendingBytes += item.buffer.byteLength;
     if (capture && capture.format === "pcm16") pendingBytes = trim(pending);
@@ -387,10 +394,9 @@
     node.port.onmessage = (event) => {
       const msg = event.data;
       if (msg.type === "level") showLevel(msg.rms);
-      else if (msg.type === "chunk" && cap.format === "pcm16") captureChunk(msg.buffer, msg.samples);
+      else if (msg.type === "chunk") captureChunk(msg.buffer, msg.samples);
       else if (msg.type === "flushed" && cap.flushed) cap.flushed();
     };
-    if (s.format === "webm") node.port.postMessage({type: "send", on: false}); // level meter only
     return cap;
   }
 
@@ -414,12 +420,13 @@
     recorder.start(250);
   }
 
-  function restartRecorder() {
-    if (!capture || !capture.recorder) return;
-    const old = capture.recorder;
-    capture.recorder = null; // its remaining blobs belong to the lost session
-    if (old.state !== "inactive") old.stop();
-    startRecorder(capture);
+  /** The WebM session is lost: stop its recorder and go on with the worklet's PCM (kept since the last commit). */
+  function continueAsPcm(cap) {
+    const old = cap.recorder;
+    cap.recorder = null; // its remaining blobs belong to the lost session
+    if (old && old.state !== "inactive") old.stop();
+    cap.format = "pcm16";
+    dropPending(); // WebM blobs that never reached a session; their audio is in ``unconfirmed``
   }
 
   /** Everything captured so far has been handed to sendChunk (in order). */
@@ -600,6 +607,7 @@
     get state() { return state; },
     get socket() { return socket; },
     get sessionId() { return sessionId; },
+    get format() { return capture ? capture.format : null; },
     get segments() { return segments.map((s) => Object.assign({}, s)); },
   };
 

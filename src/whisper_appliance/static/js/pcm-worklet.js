@@ -6,9 +6,9 @@
  * above it folds back into speech) evaluated only at the output instants, with linear interpolation between
  * the two nearest filtered input samples for non-integer ratios such as 44.1 kHz -> 16 kHz.
  *
- * Messages in:  {type: "flush"} (post what is batched now, then {type: "flushed"}), {type: "send", on: bool}
- * (false: level only, for the MediaRecorder path). Messages out: {type: "chunk", buffer: ArrayBuffer,
- * samples}, {type: "level", rms, peak}, {type: "flushed"}. */
+ * Messages in:  {type: "flush"} (post what is batched now, then {type: "flushed"}). Messages out: {type: "chunk",
+ * buffer: ArrayBuffer, samples}, {type: "level", rms, peak}, {type: "flushed"}. The MediaRecorder path keeps
+ * these chunks too, to resend after a dropped connection. */
 "use strict";
 
 const OUT_RATE = 16000;
@@ -47,7 +47,6 @@ class Pcm16Capture extends AudioWorkletProcessor {
     this.nextOut = 0; // absolute (fractional) input position of the next output sample
     this.batch = new Int16Array(Math.round(OUT_RATE * BATCH_SECONDS));
     this.batchLength = 0;
-    this.sending = true;
     this.levelSum = 0;
     this.levelPeak = 0;
     this.levelCount = 0;
@@ -59,9 +58,6 @@ class Pcm16Capture extends AudioWorkletProcessor {
     if (message.type === "flush") {
       this.postBatch();
       this.port.postMessage({type: "flushed"});
-    } else if (message.type === "send") {
-      this.sending = Boolean(message.on);
-      if (!this.sending) this.batchLength = 0;
     }
   }
 
@@ -140,7 +136,7 @@ class Pcm16Capture extends AudioWorkletProcessor {
         for (const channel of input) for (let i = 0; i < mono.length; i++) mono[i] += channel[i] / input.length;
       }
       this.meter(mono);
-      if (this.sending) this.resample(mono);
+      this.resample(mono);
     }
     return true; // keep running until the node is disconnected
   }
