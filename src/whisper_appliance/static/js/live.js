@@ -298,10 +298,10 @@
 
   // -- audio ------------------------------------------------------------------------------------------------------
   /** A captured PCM chunk: its place in the recording goes with it, for timestamps and resending. */
-  function captureChunk(buffer, samples) {
+  function captureChunk(cap, buffer, samples) {
     const item = {buffer, samples, pos: captured};
     captured += samples;
-    if (capture && capture.format === "pcm16") {
+    if (cap.format === "pcm16") {
       sendChunk(item);
     } else {
       // WebM goes to the server; this PCM copy is what a reconnect would resend.
@@ -394,7 +394,7 @@
     node.port.onmessage = (event) => {
       const msg = event.data;
       if (msg.type === "level") showLevel(msg.rms);
-      else if (msg.type === "chunk") captureChunk(msg.buffer, msg.samples);
+      else if (msg.type === "chunk") captureChunk(cap, msg.buffer, msg.samples);
       else if (msg.type === "flushed" && cap.flushed) cap.flushed();
     };
     return cap;
