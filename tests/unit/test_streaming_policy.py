@@ -71,6 +71,16 @@ def finals(events) -> list[str]:
     return [e.text for e in events if e.kind == "final"]
 
 
+def after_two_partials(first: str, second: str) -> StreamingPolicy:
+    """A policy that commits at once on agreement, after partial passes heard ``first`` (2 s) then ``second``."""
+    policy = make_policy(agreement_after_s=0.0, agreement_margin_s=0.0)
+    policy.push_audio(speech(2.0))
+    policy.apply(policy.next_pass(), result(words_of(first, 0.0)), elapsed=0.1)
+    policy.push_audio(speech(0.5))
+    policy.apply(policy.next_pass(), result(words_of(second, 0.0)), elapsed=0.1)
+    return policy
+
+
 # -- pure helpers ---------------------------------------------------------------------------------------------
 
 
@@ -215,11 +225,7 @@ def test_a_new_sentence_inside_an_utterance_commits_early_only_with_words_the_mo
 
 
 def test_final_pass_at_utterance_end_commits_the_rest_minus_committed_text_despite_jitter():
-    policy = make_policy(agreement_after_s=0.0, agreement_margin_s=0.0)
-    policy.push_audio(speech(2.0))
-    policy.apply(policy.next_pass(), result(words_of("the quick brown", 0.0)), elapsed=0.1)
-    policy.push_audio(speech(0.5))
-    policy.apply(policy.next_pass(), result(words_of("the quick brown fox", 0.0)), elapsed=0.1)
+    policy = after_two_partials("the quick brown", "the quick brown fox")
     assert policy.committed_text == "the quick brown"
     policy.push_audio(silence(0.75))
     final = policy.next_pass()
@@ -296,11 +302,7 @@ def test_short_utterance_alone_is_committed_after_the_hold_silence():
 
 
 def test_committed_audio_re_said_in_other_words_is_never_partial_or_committed_again():
-    policy = make_policy(agreement_after_s=0.0, agreement_margin_s=0.0)
-    policy.push_audio(speech(2.0))
-    policy.apply(policy.next_pass(), result(words_of("one two three four", 0.0)), elapsed=0.1)
-    policy.push_audio(speech(0.5))
-    policy.apply(policy.next_pass(), result(words_of("one two tree for five", 0.0)), elapsed=0.1)
+    policy = after_two_partials("one two three four", "one two tree for five")
     assert policy.committed_text == "one two"  # committed up to 0.7 s
     policy.push_audio(speech(0.5))
     # The next pass hears the committed words as other words: the text match finds nothing to remove.
