@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from whisper_appliance.core.wer import normalize, number_to_words, ordinal_words, word_error_rate
+from whisper_appliance.core.wer import normalize, number_to_words, ordinal_words, word_error_rate, word_errors
 
 
 @pytest.mark.parametrize("n, words", [
@@ -37,6 +37,9 @@ def test_ordinal_words(n, words):
     ("50% off", "fifty percent off"),
     ("3.5 miles", "three point five miles"),
     ("twenty-one", "twenty one"),
+    ("about 1455, in 1400 and 1905", "about fourteen fifty five in fourteen hundred and nineteen oh five"),
+    ("1,455 pages, 2024 and 1099", "one thousand four hundred fifty five pages two thousand twenty four and "
+                                   "one thousand ninety nine"),
     ("  And so,   my fellow\nAmericans; ask NOT... ", "and so my fellow americans ask not"),
     ("Don't \"quote\" me — ok?", "dont quote me ok"),
     ("Grüße, Café!", "grüße café"),
@@ -58,6 +61,22 @@ def test_word_error_rate_counts_errors():
     # insertions can push WER above 1
     assert word_error_rate("yes", "no no no") == pytest.approx(3.0)
     assert word_error_rate("Hello, world!", "hello world") == 0.0
+
+
+def test_word_errors_counts_and_insertion_runs():
+    errors = word_errors("it is of the first importance", "it is of the first one and thats it importance")
+    assert (errors.reference_words, errors.substitutions, errors.deletions, errors.insertions) == (6, 0, 0, 4)
+    assert errors.insertion_runs == (("one", "and", "thats", "it"),)
+    assert errors.rate == pytest.approx(4 / 6) and errors.inserted_in_runs == 4
+    # Two inserted words are not a run; a substitution is not an insertion.
+    assert word_errors("a b c d", "a x y b c e d").insertion_runs == ()
+    assert word_errors("", "thank you for watching").insertion_runs == (("thank", "you", "for", "watching"),)
+    assert word_errors("some words", "").deletions == 2
+
+
+def test_word_errors_by_characters_for_languages_without_spaces():
+    errors = word_errors("今日は", "今日わ", characters=True)
+    assert (errors.reference_words, errors.substitutions) == (3, 1)
 
 
 def test_word_error_rate_on_empty_texts():

@@ -1,15 +1,18 @@
 """Word error rate scoring: text normalisation so that spelled-out references and Whisper's digits compare equal.
 
 Pure functions. ``normalize`` lowercases, spells numbers as words ("10" -> "ten", "2nd" -> "second",
-"1,000" -> "one thousand", "$5" -> "five dollars", "10%" -> "ten percent", "3.5" -> "three point five"),
+"1,000" -> "one thousand", "$5" -> "five dollars", "10%" -> "ten percent", "3.5" -> "three point five", and
+years as they are read: "1455" -> "fourteen fifty five"),
 turns hyphens into spaces ("twenty-one" -> "twenty one"), drops other punctuation and collapses whitespace.
-``word_error_rate`` scores two texts after normalising both, with ``jiwer`` doing the alignment.
+``word_error_rate`` scores two texts after normalising both, with ``jiwer`` doing the alignment; ``word_errors``
+gives the counts behind it and the runs of inserted words (hallucinations look like that).
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from dataclasses import dataclass
 
 import jiwer
 
@@ -60,10 +63,22 @@ def ordinal_words(n: int) -> str:
     return " ".join(words)
 
 
+def year_words(n: int) -> str:
+    """A year as it is read: 1455 -> 'fourteen fifty five', 1400 -> 'fourteen hundred', 1905 -> 'nineteen oh five'."""
+    century, rest = divmod(n, 100)
+    if rest == 0:
+        return f"{number_to_words(century)} hundred"
+    return f"{number_to_words(century)} {'oh ' if rest < 10 else ''}{number_to_words(rest)}"
+
+
 def _spell_number(match: re.Match[str]) -> str:
-    integer = int(match["int"].replace(",", ""))
+    plain = match["int"]
+    integer = int(plain.replace(",", ""))
     if match["ord"]:
         return f" {ordinal_words(integer)} "
+    if len(plain) == 4 and 1100 <= integer <= 1999 and not (match["frac"] or match["pct"] or match["cur"]):
+        # Four bare digits from 1100 to 1999 are years in speech ("about 1455"), read in pairs.
+        return f" {year_words(integer)} "
     words = number_to_words(integer)
     if match["frac"]:
         # Leading zeros in the integer part ("007") are read like any other number; decimals digit by digit.
@@ -98,3 +113,53 @@ def word_error_rate(reference: str, hypothesis: str) -> float:
     if not hyp:
         return 1.0
     return float(jiwer.wer(ref, hyp))
+
+
+@dataclass(frozen=True)
+class WordErrors:
+    """How a hypothesis differs from a reference, word by word (after ``normalize``).
+
+    ``insertion_runs`` are the hypothesis words that align with nothing in the reference, one tuple per run of
+    at least ``min_run`` adjacent such words: what a hallucination into a pause looks like.
+    """
+
+    reference_words: int
+    substitutions: int
+    deletions: int
+    insertions: int
+    insertion_runs: tuple[tuple[str, ...], ...] = ()
+
+    @property
+    def errors(self) -> int:
+        return self.substitutions + self.deletions + self.insertions
+
+    @property
+    def rate(self) -> float:
+        """WER, with ``word_error_rate``'s convention for an empty reference."""
+        if not self.reference_words:
+            return 0.0 if not self.insertions else 1.0
+        return self.errors / self.reference_words
+
+    @property
+    def inserted_in_runs(self) -> int:
+        return sum(len(run) for run in self.insertion_runs)
+
+
+def word_errors(reference: str, hypothesis: str, *, min_run: int = 3, characters: bool = False) -> WordErrors:
+    """Substitutions, deletions and insertions of ``hypothesis`` against ``reference``, and the insertion runs.
+
+    ``characters`` scores characters instead of words (spaces removed): for languages written without spaces
+    between words, such as Japanese.
+    """
+    ref, hyp = normalize(reference).split(), normalize(hypothesis).split()
+    if characters:
+        ref, hyp = list("".join(ref)), list("".join(hyp))
+    if not ref or not hyp:
+        runs = (tuple(hyp),) if len(hyp) >= min_run else ()
+        return WordErrors(len(ref), 0, len(ref), len(hyp), runs)
+    out = jiwer.process_words(" ".join(ref), " ".join(hyp))
+    runs: list[tuple[str, ...]] = []
+    for chunk in out.alignments[0]:
+        if chunk.type == "insert" and chunk.hyp_end_idx - chunk.hyp_start_idx >= min_run:
+            runs.append(tuple(hyp[chunk.hyp_start_idx:chunk.hyp_end_idx]))
+    return WordErrors(len(ref), out.substitutions, out.deletions, out.insertions, tuple(runs))
