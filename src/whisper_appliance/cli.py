@@ -1,4 +1,5 @@
-"""Command line of the appliance (``python src/main.py ...``): serve, transcribe, models, bench, bench-live.
+"""Command line of the appliance (``python src/main.py ...``): serve, transcribe, models, bench, bench-live,
+eval-live.
 
 Settings come from ``Settings.from_env()``; flags override them. Errors the appliance knows about
 (``ApplianceError``) print one line on stderr and exit with 2 (the input was wrong: a 4xx error) or 1 (anything else), without a
@@ -256,21 +257,34 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_bench_live(args: argparse.Namespace, settings: Settings) -> int:
-    """Runs scripts/bench_live.py (N concurrent real-time streams against a server it starts)."""
+def _run_script(name: str, argv: list[str]) -> int:
+    """Runs ``scripts/<name>.py``'s ``main(argv)`` (the benchmarks live there, beside the tests that use them)."""
     import importlib.util
 
-    path = MAIN_PY.parents[1] / "scripts" / "bench_live.py"
-    spec = importlib.util.spec_from_file_location("bench_live", path)
+    path = MAIN_PY.parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise ApplianceError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up while the file runs
     spec.loader.exec_module(module)
-    return int(module.main(list(args.args)))
+    return int(module.main(argv))
+
+
+def cmd_bench_live(args: argparse.Namespace, settings: Settings) -> int:
+    """Runs scripts/bench_live.py (N concurrent real-time streams against a server it starts)."""
+    return _run_script("bench_live", list(args.args))
+
+
+def cmd_eval_live(args: argparse.Namespace, settings: Settings) -> int:
+    """Runs scripts/eval_live.py (the streaming policy over a whole corpus and adversarial streams)."""
+    return _run_script("eval_live", list(args.args))
 
 
 # -- parser ---------------------------------------------------------------------------------------------------------
+SCRIPT_COMMANDS = ("bench-live", "eval-live")  # their options are the scripts' own
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python src/main.py", description="Whisper Appliance: speech to text.")
     parser.add_argument("--log-level", choices=LOG_LEVELS, type=str.upper, help="overrides LOG_LEVEL")
@@ -324,6 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument("args", nargs="*")
     live.set_defaults(func=cmd_bench_live)
 
+    evaluate = sub.add_parser("eval-live", add_help=False,
+                              help="live-dictation accuracy over a corpus and adversarial streams "
+                                   "(scripts/eval_live.py; --help for its options)")
+    evaluate.add_argument("args", nargs="*")
+    evaluate.set_defaults(func=cmd_eval_live)
+
     one = sub.add_parser("_bench-one")  # internal: one measured run, started by `bench` in a fresh process
     one.add_argument("file")
     one.add_argument("--model", required=True, choices=MODEL_NAMES)
@@ -338,13 +358,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if getattr(args, "command", None) == "bench-live":
-        args.args = [*extra, *args.args]  # every option belongs to scripts/bench_live.py
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    argv = list(argv if argv is not None else sys.argv[1:])
+    command = 0  # the command's index: after the global option, if given
+    while command < len(argv) and argv[command].startswith("--log-level"):
+        command += 1 if "=" in argv[command] else 2
+    if command < len(argv) and argv[command] in SCRIPT_COMMANDS:
+        # Every option after the command belongs to the script, in its order: argparse must not sort them out.
+        args = parser.parse_args(argv[:command + 1])
+        args.args = argv[command + 1:]
+    else:
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
-        args = parser.parse_args([*(argv if argv is not None else sys.argv[1:]), "serve"])
+        args = parser.parse_args([*argv, "serve"])
     try:
         settings = Settings.from_env()
         setup_logging(args.log_level or settings.log_level)
