@@ -40,6 +40,10 @@ class Segment:
     temperature: float = 0.0
     compression_ratio: float = 0.0
     tokens: tuple[int, ...] = ()
+    # Where the decoding window this segment came from starts (seconds, on the same clock as ``start``). Whisper
+    # decodes a window, then what its last segment left as a window of its own; the live guards judge a segment
+    # of such a short remainder differently. Not part of the public shape.
+    window_start: float = 0.0
 
     def to_dict(self, *, words: bool = True, decoding: bool = False) -> dict[str, Any]:
         """The public shape; ``decoding`` adds temperature, compression ratio and tokens (stored in history, so a

@@ -40,8 +40,8 @@ import logging
 import math
 import re
 import time
-from collections import deque
-from collections.abc import Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -49,6 +49,15 @@ import numpy as np
 
 from .engines.base import Engine
 from .errors import InvalidInput
+from .guards import (
+    SpeechMap,
+    committed_echo,
+    find_repetition_loop,
+    in_speech,
+    is_hallucination,
+    remainder_tail,
+    signals_fail,
+)
 from .records import SAMPLE_RATE, TASKS, Segment, TranscribeOptions, Word
 from .vad import SileroVoiceActivityDetector, VoiceActivityDetector
 
@@ -109,6 +118,7 @@ class PassRequest:
     final: bool                        # the utterance's last pass: everything it hears is committed
     utterance_id: int
     trim: bool = False                 # buffer at max_utterance_s: commit up to a boundary, cut the buffer there
+    fallback: bool = False             # decoded again with Whisper's temperature fallback (a segment failed)
 
     @property
     def end(self) -> float:
@@ -141,13 +151,23 @@ class StreamEvent:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Pure helpers: text normalisation, alignment, agreement, loops, hallucinations.
+# Pure helpers: text normalisation, alignment, agreement (the hallucination guards are in guards.py).
 
 _NON_WORD = re.compile(r"[^\w']+")
 _MAX_WINDOW_S = 28.0    # Whisper hears 30 s at once; a longer pass would be cut into windows without context
 _HEARD_AGAIN_S = 0.05   # committed words ending this close before a pass's audio count as heard again (jitter)
 _GAP_SLACK_S = 0.1      # word times are off by about this much: a cut between two words may move that far
 _TRIM_MARGIN_S = 1.5    # a trim pass commits unagreed words only when they end this long before its audio end
+_SPEECH_SLACK_S = 0.1   # a word counts as heard when its span widened by this overlaps a speech frame
+_HISTORY_WORDS = 40     # committed words a pass is checked against for echoes and loops
+_FALLBACK_MIN_SPEECH_S = 0.5  # a segment failing Whisper's checks over this much speech is decoded again
+_UNDECIDED = ("logprob", "compression")  # ... for these reasons (the others are not speech)
+
+
+@dataclass(frozen=True)
+class _Heard:
+    words: list[Word]               # the words that passed the guards
+    undecided: float | None         # start of the first failed segment that held speech (decode again)
 
 
 def word_key(text: str) -> str:
@@ -196,59 +216,6 @@ def agreed_prefix_length(previous: Sequence[str], current: Sequence[str]) -> int
     return n
 
 
-def find_repetition_loop(keys: Sequence[str], *, max_ngram: int = 4, max_repeats: int = 3) -> int | None:
-    """Index where a loop starts: the same 1..4-gram said more than ``max_repeats`` times in a row.
-
-    Returns the index just after the loop's FIRST occurrence (that one was probably really said), or None.
-    """
-    best: int | None = None
-    for n in range(1, max_ngram + 1):
-        for start in range(0, len(keys) - n * (max_repeats + 1) + 1):
-            gram = keys[start:start + n]
-            if not all(gram):
-                continue
-            repeats = 1
-            while keys[start + repeats * n:start + (repeats + 1) * n] == gram:
-                repeats += 1
-            if repeats > max_repeats:
-                cut = start + n
-                best = cut if best is None else min(best, cut)
-                break
-    return best
-
-
-_HALLUCINATIONS = re.compile(
-    r"^(?:"
-    r"(?:thank you|thanks) (?:so much |very much )?(?:for watching|for listening|for viewing)(?: and .*)?"
-    r"|thank you(?: very much| so much)?|thanks"
-    r"|you|bye|okay|so"
-    r"|(?:subtitles|captions|subtitled|transcribed|translated|transcription) by.*"
-    r"|please subscribe.*|like and subscribe.*|(?:we'll |i'll )?see you (?:next time|in the next video)"
-    r"|(?:blank audio|blank_audio|silence|music|applause|inaudible|no speech)"
-    r"|"  # nothing but music notes, brackets or punctuation
-    r")$")
-_ANNOTATION = re.compile(r"^\s*(?:[\[(].*[\])]|[♪♫♬♩\s.…-]+)\s*$")
-
-
-def is_hallucination(segment: Segment, speech_ratio: float) -> bool:
-    """Whether a segment is something Whisper says on non-speech rather than speech.
-
-    ``speech_ratio`` is the share of the segment's audio the VAD judged speech. Whisper's own silence rule
-    (no_speech_prob > 0.6 with avg_logprob < -1) drops anything; the usual phrases ("Thanks for watching",
-    "you", "[BLANK_AUDIO]", music notes, "Subtitles by ...") are dropped when any sign says low speech.
-    """
-    if segment.no_speech_prob > 0.6 and segment.avg_logprob < -1.0:
-        return True
-    text = segment.text.strip()
-    low_speech = segment.no_speech_prob > 0.3 or segment.avg_logprob < -0.8 or speech_ratio < 0.5
-    if not low_speech:
-        return False
-    if _ANNOTATION.match(text):
-        return True
-    normalised = " ".join(_NON_WORD.sub(" ", text.lower().replace("_", " ")).split())
-    return bool(_HALLUCINATIONS.match(normalised))
-
-
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -265,6 +232,7 @@ class _Utterance:
     no_prompt: bool = False             # a repetition loop was seen: decode without prompt from now on
     trimmed: bool = False               # its buffer was cut (it has committed words before utt.start)
     speculated: int = -1                # last_speech_end for which an early final pass was asked
+    fallback: bool = False              # its final pass is decoded again with temperature fallback
 
 
 class StreamingPolicy:
@@ -299,6 +267,7 @@ class StreamingPolicy:
         self._last_pass_end = 0.0          # stream time up to which the last applied pass heard the audio
         self._pass_ema: float | None = None
         self._passes = 0
+        self.dropped: Counter[str] = Counter()  # what the guards kept from partial and committed text, by guard
 
     # -- feeding -----------------------------------------------------------------------------------------------
 
@@ -438,7 +407,7 @@ class StreamingPolicy:
         audio = self._audio[start - self._buf_start:end - self._buf_start].copy()
         offset = start / self._sr
         return PassRequest(audio=audio, offset=offset, prompt=self._prompt(utt, offset), final=final,
-                           utterance_id=utt.id, trim=trim)
+                           utterance_id=utt.id, trim=trim, fallback=final and utt.fallback)
 
     def _window_start(self, utt: _Utterance, end: int) -> int:
         """First sample of a pass over ``utt`` ending at ``end``: the start of the earliest earlier utterance within
@@ -472,7 +441,10 @@ class StreamingPolicy:
     def options_for(self, request: PassRequest) -> TranscribeOptions:
         cfg = self.config
         beam = cfg.final_beam_size if (request.final or request.trim) else cfg.partial_beam_size
-        return TranscribeOptions(language=self.language, task=cfg.task, beam_size=beam, temperature=0.0,
+        # No fallback by default: retries made some passes take seconds; a pass whose segment fails Whisper's
+        # checks is decoded once more with it (``fallback``).
+        temperature = None if request.fallback else 0.0
+        return TranscribeOptions(language=self.language, task=cfg.task, beam_size=beam, temperature=temperature,
                                  initial_prompt=request.prompt, word_timestamps=True, vad_filter=False,
                                  condition_on_previous_text=False, fit_window=cfg.fit_window)
 
@@ -491,34 +463,25 @@ class StreamingPolicy:
         if utt is None:
             log.warning("pass for unknown utterance %d ignored", request.utterance_id)
             return []
-        words = self._clean_words(result.segments)
-        keys = [word_key(w.word) for w in words]
-        loop_at = find_repetition_loop(keys)
+        heard = self._heard(request, result)
+        words = heard.words
+        closed = bool(self._pending) and utt is self._pending[0]
+        if heard.undecided and request.final and closed and not request.fallback:
+            # A segment that holds speech failed Whisper's own checks: decode the utterance again with Whisper's
+            # temperature fallback before anything of it is committed (what offline transcription does).
+            utt.fallback = True
+            return self._set_partial(self._new_words(utt, request, words)[0])
+        loop_at = find_repetition_loop([word_key(w.word) for w in words])
         if loop_at is not None:
-            log.warning("repetition loop in utterance %d dropped: %r", utt.id, join_words(words[loop_at:])[:80])
-            words, keys = words[:loop_at], keys[:loop_at]
-            utt.no_prompt = True
-            utt.previous_tail = None
-
-        # Committed words the pass heard again (context, or this utterance's earlier commits) are matched by text;
-        # anything left that ends before the utterance's own audio is context the matcher missed (or a
-        # hallucination in the pause before it), never new speech.
-        known = [word_key(w.word) for w in self._committed[self._split_committed(request.offset):]]
-        skip = committed_prefix_length(known, keys)
-        own_start = utt.start / self._sr
-        while skip < len(words) and words[skip].end <= own_start:
-            skip += 1
-        # A word centred well inside audio that is already committed re-says it in other words ("and we wanna read"
-        # over a committed "Everyone agreed to meet"), which the text match cannot see: never new speech either.
-        # (The slack keeps a short new word whose times jittered back over the last committed one.)
-        committed_end = self._committed[-1].end if self._committed else 0.0
-        while skip < len(words) and (words[skip].start + words[skip].end) / 2 < committed_end - _GAP_SLACK_S:
-            skip += 1
-        tail, tail_keys = words[skip:], keys[skip:]
+            self._loop_dropped(utt, words[loop_at:])
+            words = words[:loop_at]
+        tail, tail_keys, looped = self._new_words(utt, request, words)
+        looped = looped or loop_at is not None
         utt.last_words = tail
+        # Only words before a failed segment that held speech may commit early: that audio is decoded again.
+        commit_before = heard.undecided if heard.undecided is not None else math.inf
 
         events: list[StreamEvent] = []
-        closed = bool(self._pending) and utt is self._pending[0]
         if request.final and closed and round(request.end * self._sr) >= (utt.end or 0):
             events += self._commit(utt, tail)
             self._pending.popleft()
@@ -529,10 +492,12 @@ class StreamingPolicy:
         if request.final:
             # An early final pass overtaken by new speech: it only refreshes the partial.
             return events + self._set_partial(tail)
-        if loop_at is None:
+        if not looped:  # no agreement with a looping pass
             n = self._agreed(utt, request, tail, tail_keys)
             if request.trim:
                 n = max(n, self._trim_point(request, tail))
+            while n and tail[n - 1].end > commit_before:
+                n -= 1
             if n:
                 events += self._commit(utt, tail[:n])
                 tail, tail_keys = tail[n:], tail_keys[n:]
@@ -549,24 +514,82 @@ class StreamingPolicy:
             return self._current
         return None
 
-    def _clean_words(self, segments: Sequence[Segment]) -> list[Word]:
-        words: list[Word] = []
-        for seg in segments:
-            if is_hallucination(seg, self._speech_ratio(seg.start, seg.end)):
-                log.info("dropped likely hallucination %r (no_speech=%.2f, logprob=%.2f)",
-                         seg.text, seg.no_speech_prob, seg.avg_logprob)
-                continue
-            seg_words = seg.words or (Word(seg.start, seg.end, seg.text, 0.0),)
-            words += [w for w in seg_words if word_key(w.word)]
-        return words
+    def _new_words(self, utt: _Utterance, request: PassRequest,
+                   words: list[Word]) -> tuple[list[Word], list[str], bool]:
+        """The words of a pass after the committed text it says again (matched by text, by time, and as an echo),
+        and whether they went on to loop over the committed text."""
+        keys = [word_key(w.word) for w in words]
+        # Committed words the pass heard again (context, or this utterance's earlier commits) are matched by text;
+        # anything left that ends before the utterance's own audio is context the matcher missed (or a
+        # hallucination in the pause before it), never new speech.
+        known = [word_key(w.word) for w in self._committed[self._split_committed(request.offset):]]
+        skip = committed_prefix_length(known, keys)
+        own_start = utt.start / self._sr
+        while skip < len(words) and words[skip].end <= own_start:
+            skip += 1
+        # A word centred well inside audio that is already committed re-says it in other words ("and we wanna read"
+        # over a committed "Everyone agreed to meet"), which the text match cannot see: never new speech either.
+        # (The slack keeps a short new word whose times jittered back over the last committed one.)
+        committed_end = self._committed[-1].end if self._committed else 0.0
+        while skip < len(words) and (words[skip].start + words[skip].end) / 2 < committed_end - _GAP_SLACK_S:
+            skip += 1
+        tail, tail_keys = words[skip:], keys[skip:]
+        # The last committed words said again, by a pass that does not hear them (Whisper repeating its prompt),
+        # and a loop that goes on from the committed text.
+        history = [word_key(w.word) for w in self._committed[-_HISTORY_WORDS:]]
+        echo = committed_echo(history, tail_keys)
+        if echo:
+            self.dropped["echoes"] += 1
+            log.info("utterance %d: dropped %r, the committed text said again", utt.id, join_words(tail[:echo]))
+            tail, tail_keys = tail[echo:], tail_keys[echo:]
+        loop_at = find_repetition_loop([*history, *tail_keys], new_from=len(history))
+        if loop_at is not None:
+            cut = loop_at - len(history)
+            self._loop_dropped(utt, tail[cut:])
+            tail, tail_keys = tail[:cut], tail_keys[:cut]
+        return tail, tail_keys, loop_at is not None
 
-    def _speech_ratio(self, start: float, end: float) -> float:
-        first = int(start * self._sr) // self._frame - self._probs_start
-        last = int(np.ceil(end * self._sr / self._frame)) - self._probs_start
-        probs = self._probs[max(first, 0):max(last, 0)]
-        if probs.size == 0:
-            return 1.0  # no VAD evidence (times outside the buffer): let the model's own scores decide
-        return float(np.mean(probs >= self._neg_threshold))
+    def _loop_dropped(self, utt: _Utterance, words: Sequence[Word]) -> None:
+        log.warning("repetition loop in utterance %d dropped: %r", utt.id, join_words(words)[:80])
+        self.dropped["loops"] += 1
+        utt.no_prompt = True       # the prompt is what a model that loops keeps repeating
+        utt.previous_tail = None   # the next pass cannot agree with this one
+
+    def _heard(self, request: PassRequest, result: PassResult) -> _Heard:
+        """A pass's words that pass the guards (guards.py): Whisper's signals per segment, the speaking rate, the
+        phrase list, and the VAD: only words that overlap speech."""
+        speech = self._speech_map()
+        words: list[Word] = []
+        undecided: float | None = None
+        for seg in result.segments:
+            held = speech.speech_seconds(seg.start, seg.end) or 0.0
+            reason = signals_fail(seg)
+            if reason == "logprob" and request.fallback and held >= _FALLBACK_MIN_SPEECH_S:
+                # Decoded again with fallback and still unsure, over real speech: kept, as offline transcription
+                # keeps its best attempt (its words still have to lie in speech, and loops are still cut).
+                reason = None
+            if reason is None and remainder_tail(seg, request.offset, request.end):
+                reason = "tail"
+            if reason is None and is_hallucination(seg, speech.speech_ratio(seg.start, seg.end)):
+                reason = "phrases"
+            if reason is not None:
+                self.dropped[reason] += 1
+                log.info("dropped segment %r (%s: no_speech=%.2f, logprob=%.2f, compression=%.2f, %.2f s of speech)",
+                         seg.text[:80], reason, seg.no_speech_prob, seg.avg_logprob, seg.compression_ratio, held)
+                if reason in _UNDECIDED and held >= _FALLBACK_MIN_SPEECH_S and undecided is None:
+                    undecided = seg.start
+                continue
+            seg_words = [w for w in (seg.words or (Word(seg.start, seg.end, seg.text, 0.0),)) if word_key(w.word)]
+            kept = [w for w in seg_words if in_speech(w, speech, slack=_SPEECH_SLACK_S)]
+            if len(kept) < len(seg_words):
+                self.dropped["outside_speech"] += len(seg_words) - len(kept)
+                log.info("dropped %r: outside speech", join_words([w for w in seg_words if w not in kept])[:80])
+            words += kept
+        return _Heard(words, undecided)
+
+    def _speech_map(self) -> SpeechMap:
+        return SpeechMap(self._probs, self._probs_start * self._frame / self._sr, self._frame / self._sr,
+                         self._neg_threshold)
 
     def _agreed(self, utt: _Utterance, request: PassRequest, tail: list[Word], tail_keys: list[str]) -> int:
         cfg = self.config
@@ -718,7 +741,8 @@ def run_pass(engine: Engine, request: PassRequest, options: TranscribeOptions) -
     for seg in segments:
         words = tuple(Word(w.start + request.offset, w.end + request.offset, w.word, w.probability)
                       for w in seg.words)
-        shifted.append(replace(seg, start=seg.start + request.offset, end=seg.end + request.offset, words=words))
+        shifted.append(replace(seg, start=seg.start + request.offset, end=seg.end + request.offset, words=words,
+                               window_start=seg.window_start + request.offset))
     return PassResult(segments=tuple(shifted), language=info.language,
                       language_probability=info.language_probability, elapsed=time.perf_counter() - started)
 
@@ -743,6 +767,7 @@ class SimulationResult:
     first_partial_latency: float | None        # first partial shown - time its first word's start was fed
     max_lag: float
     language: str | None = None
+    guards: tuple[tuple[str, int], ...] = ()   # what the policy's guards dropped, by guard (``dropped``)
 
     @property
     def real_time_factor(self) -> float:
@@ -761,13 +786,18 @@ class SimulationResult:
                 "first_partial_s": None if self.first_partial_latency is None else round(self.first_partial_latency, 3)}
 
 
+PassObserver = Callable[[PassRequest, PassResult, list[StreamEvent]], None]
+
+
 def simulate(engine: Engine, audio: np.ndarray, *, chunk_s: float = 0.25, realtime: bool = True,
-             config: StreamingConfig | None = None, vad: VoiceActivityDetector | None = None) -> SimulationResult:
+             config: StreamingConfig | None = None, vad: VoiceActivityDetector | None = None,
+             on_pass: PassObserver | None = None) -> SimulationResult:
     """Stream ``audio`` (16 kHz mono float32) through a fresh policy and ``engine`` as a live client would.
 
     Chunks become available at real-time pace; a pass blocks the loop, and the audio that arrived meanwhile is
     pushed after it, as in a live session. ``realtime=False`` keeps the same schedule on a virtual clock (idle
-    waits skipped, pass times still counted), so results match a real-time run but finish sooner.
+    waits skipped, pass times still counted), so results match a real-time run but finish sooner. ``on_pass`` sees
+    every pass with its result and the events it caused (the evaluation records them).
     """
     audio = np.asarray(audio, dtype=np.float32).ravel()
     policy = StreamingPolicy(config, vad)
@@ -799,7 +829,10 @@ def simulate(engine: Engine, audio: np.ndarray, *, chunk_s: float = 0.25, realti
         if not finishing:
             fed = feed(fed)
         at = clock()
-        events.extend(TimedEvent(at, e, request.end) for e in policy.apply(request, result, result.elapsed))
+        caused = policy.apply(request, result, result.elapsed)
+        if on_pass is not None:
+            on_pass(request, result, caused)
+        events.extend(TimedEvent(at, e, request.end) for e in caused)
         max_lag = max(max_lag, policy.lag_seconds)
 
     def feed(done: int) -> int:
@@ -837,4 +870,5 @@ def simulate(engine: Engine, audio: np.ndarray, *, chunk_s: float = 0.25, realti
     return SimulationResult(events=tuple(events), text=policy.committed_text, duration=duration,
                             wall_seconds=clock(), compute_seconds=compute, passes=policy.passes,
                             commit_latencies=commit_latencies, partial_latencies=partial_latencies,
-                            first_partial_latency=first_partial, max_lag=max_lag, language=policy.language)
+                            first_partial_latency=first_partial, max_lag=max_lag, language=policy.language,
+                            guards=tuple(sorted(policy.dropped.items())))

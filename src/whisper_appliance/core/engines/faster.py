@@ -38,7 +38,7 @@ def to_segment(seg: Any, index: int) -> Segment:
     return Segment(id=index, start=float(seg.start), end=float(seg.end), text=seg.text,
                    avg_logprob=float(seg.avg_logprob), no_speech_prob=float(seg.no_speech_prob), words=words,
                    temperature=float(seg.temperature or 0.0), compression_ratio=float(seg.compression_ratio),
-                   tokens=tuple(int(t) for t in seg.tokens))
+                   tokens=tuple(int(t) for t in seg.tokens), window_start=float(seg.seek) / FRAMES_PER_SECOND)
 
 
 def fitted_frames(samples: int, sample_rate: int = 16_000) -> int | None:

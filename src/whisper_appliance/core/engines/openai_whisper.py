@@ -56,6 +56,9 @@ def load_checkpoint(model_name: str, path: Path, device: str) -> Whisper:
     return model.to(device).eval()
 
 
+MEL_FRAMES_PER_SECOND = 100  # whisper's "seek" counts mel frames
+
+
 def _to_segment(d: dict[str, Any], index: int, time_map: Any = None) -> Segment:
     def t(value: float, is_end: bool = False) -> float:
         return float(value) if time_map is None else float(time_map.get_original_time(value, is_end=is_end))
@@ -66,7 +69,8 @@ def _to_segment(d: dict[str, Any], index: int, time_map: Any = None) -> Segment:
                    avg_logprob=float(d.get("avg_logprob", 0.0)), no_speech_prob=float(d.get("no_speech_prob", 0.0)),
                    words=words, temperature=float(d.get("temperature", 0.0)),
                    compression_ratio=float(d.get("compression_ratio", 0.0)),
-                   tokens=tuple(int(x) for x in d.get("tokens", ())))
+                   tokens=tuple(int(x) for x in d.get("tokens", ())),
+                   window_start=t(float(d.get("seek", 0)) / MEL_FRAMES_PER_SECOND))
 
 
 class OpenAIWhisperEngine(Engine):
