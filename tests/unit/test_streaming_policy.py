@@ -329,6 +329,27 @@ def test_context_is_limited_to_context_s_and_the_buffer_stays_bounded():
     assert final.prompt == "early"
 
 
+def test_an_utterance_after_a_long_one_hears_its_committed_end_as_context():
+    policy = make_policy(context_s=3.0)
+    policy.push_audio(speech(8.0))
+    policy.push_audio(silence(0.75))
+    first = policy.next_pass()
+    words = words_of("we met on monday. the plan was agreed. then we", 0.0, spacing=0.8)
+    policy.apply(first, result(words), elapsed=0.1)
+    policy.push_audio(speech(1.5))
+    policy.push_audio(silence(0.75))
+    second = policy.next_pass()
+    # No utterance starts within 3 s before this one: the pass starts at the committed sentence start inside the
+    # long one (between "agreed." ending at 5.9 s and "then" at 6.4 s), not at the new utterance alone.
+    utterance_start = 8.75 - policy.config.pre_roll_s
+    assert utterance_start - 3.0 <= second.offset < utterance_start
+    assert 5.9 - 0.15 <= second.offset <= 6.4 + 0.15
+    assert policy.committed_text.startswith(second.prompt) and second.prompt.startswith("we met on monday.")
+    heard = words_of("then we", 5.6, spacing=0.8) + words_of("decided to go", 8.5)
+    events = policy.apply(second, result(heard), elapsed=0.1)
+    assert finals(events) == ["decided to go"]  # the committed words it heard again are not repeated
+
+
 def test_prompt_holds_only_committed_text_before_the_buffer():
     policy = make_policy(agreement_after_s=0.0, agreement_margin_s=0.0, context_s=0.0)
     policy.push_audio(speech(1.0))
@@ -398,6 +419,115 @@ def test_hallucination_on_low_speech_audio_is_dropped_by_the_policy():
                                         avg_logprob=-1.2), elapsed=0.1)
     assert finals(events) == [] and policy.committed_text == ""
     assert all(not e.text for e in events)
+
+
+# -- the hallucination guards, fed pass results recorded from tiny.en (eval-live --record) -----------------------
+
+
+def recorded(text: str, start: float, end: float, *, lp: float, ns: float, cr: float, window_start: float = 0.0,
+             spacing: float | None = None) -> Segment:
+    """A segment as the engine returned it in a recorded pass (times in stream seconds)."""
+    n = len(text.split())
+    step = spacing if spacing is not None else (end - start) / max(n, 1)
+    words = tuple(Word(start + i * step, start + (i + 1) * step, " " + w, 0.6) for i, w in enumerate(text.split()))
+    return Segment(0, start, end, " " + text, avg_logprob=lp, no_speech_prob=ns, compression_ratio=cr,
+                   words=words, window_start=window_start)
+
+
+def closed_utterance(seconds: float = 4.0, **config) -> tuple[StreamingPolicy, PassRequest]:
+    """A policy whose first utterance (speech from 0 s to ``seconds``) has ended, and its final pass."""
+    policy = make_policy(**config)
+    policy.push_audio(speech(seconds))
+    policy.push_audio(silence(0.75))
+    final = policy.next_pass()
+    assert final.final
+    return policy, final
+
+
+def test_the_tail_of_a_final_pass_decoded_as_a_window_of_its_own_is_never_committed():
+    # Recorded (LJSpeech, 1 s pauses): after "... the true printed book." faster-whisper decoded the 0.14 s its
+    # first window left, and said this there.
+    policy, final = closed_utterance(4.0)
+    real = recorded("Produced the block books which were the true printed book.", 0.1, 3.9, lp=-0.10, ns=0.01,
+                    cr=1.14)
+    tail = recorded("Thank you very much for watching, I'll see you in the next video, bye bye bye", 3.9, 4.04,
+                    lp=-0.21, ns=0.55, cr=11.16, window_start=3.9)
+    helps = recorded("helps.", 3.96, 4.1, lp=-0.94, ns=0.31, cr=0.43, window_start=3.95)  # no other sign
+    events = policy.apply(final, PassResult((real, tail, helps), "en", 1.0), elapsed=0.2)
+    assert finals(events) == [real.text.strip()]
+    assert policy.dropped["compression"] == 1 and policy.dropped["tail"] == 1
+
+
+def test_words_the_engine_places_in_a_pause_are_never_shown_or_committed():
+    policy = make_policy()
+    policy.push_audio(speech(2.0))
+    policy.push_audio(silence(0.2))  # under quiet_tail_s: a partial pass still runs over the pause
+    partial = policy.next_pass()
+    assert not partial.final
+    heard = words_of("it is of the first", 0.0) + [Word(2.12, 2.18, " that's", 0.3)]
+    events = policy.apply(partial, result(heard), elapsed=0.1)
+    assert [e.text for e in events if e.kind == "partial"] == ["it is of the first"]
+    assert policy.dropped["outside_speech"] == 1
+
+
+def test_a_failed_segment_over_speech_is_decoded_again_with_fallback_before_it_commits():
+    # Recorded (continuous 5-minute stream): the end of a sonnet line at log probability -1.02.
+    policy, final = closed_utterance(4.0)
+    unsure = recorded("and tender churl makes waste in niggarding.", 0.2, 3.8, lp=-1.02, ns=0.17, cr=0.83)
+    events = policy.apply(final, PassResult((unsure,), "en", 1.0), elapsed=0.3)
+    assert finals(events) == []
+    again = policy.next_pass()
+    assert again.final and again.fallback and policy.options_for(again).temperature is None
+    assert again.offset == final.offset and again.end == final.end
+    retried = recorded("and tender churl makes waste in niggarding.", 0.2, 3.8, lp=-1.01, ns=0.17, cr=0.83)
+    events = policy.apply(again, PassResult((retried,), "en", 1.0), elapsed=0.6)
+    # Still unsure after the fallback, but over speech: kept, as offline transcription keeps its best attempt.
+    assert finals(events) == ["and tender churl makes waste in niggarding."]
+    assert policy.next_pass() is None
+
+
+def test_a_failed_segment_without_speech_is_dropped_without_a_second_decode():
+    policy, final = closed_utterance(2.0)
+    real = recorded("That is all.", 0.1, 1.9, lp=-0.2, ns=0.02, cr=0.9)
+    quiet = recorded("That's it.", 2.1, 2.45, lp=-1.23, ns=0.53, cr=0.56)  # recorded: 0.12 s of speech in it
+    events = policy.apply(final, PassResult((real, quiet), "en", 1.0), elapsed=0.2)
+    assert finals(events) == ["That is all."] and not final.fallback
+
+
+def test_a_looping_segment_is_dropped_even_after_the_fallback():
+    policy, final = closed_utterance(4.0)
+    loop = recorded("this is the first one, but it's the first one, but it's the first one, but it's the first",
+                    0.1, 3.9, lp=-0.34, ns=0.36, cr=16.64)
+    policy.apply(final, PassResult((loop,), "en", 1.0), elapsed=0.2)
+    again = policy.next_pass()
+    assert again.fallback
+    events = policy.apply(again, PassResult((loop,), "en", 1.0), elapsed=0.2)
+    assert finals(events) == [] and policy.committed_text == ""
+
+
+def test_a_pass_that_re_says_the_committed_tail_commits_only_what_follows():
+    policy, final = closed_utterance(2.0, context_s=0.0)  # the next pass does not hear the committed words
+    policy.apply(final, result(words_of("see you in the office.", 0.0)), elapsed=0.1)
+    policy.push_audio(speech(2.0))
+    policy.push_audio(silence(0.75))
+    second = policy.next_pass()
+    # The pass hears only the new utterance but starts by repeating its prompt.
+    heard = words_of("in the office. bring the slides", 2.75, spacing=0.25)
+    events = policy.apply(second, result(heard), elapsed=0.1)
+    assert finals(events) == ["bring the slides"]
+    assert policy.dropped["echoes"] == 1
+
+
+def test_a_loop_that_goes_on_from_the_committed_text_is_cut():
+    policy, final = closed_utterance(3.0, context_s=0.0)
+    policy.apply(final, result(words_of("we will see you in the next video", 0.0, spacing=0.35)), elapsed=0.1)
+    policy.push_audio(speech(3.0))
+    policy.push_audio(silence(0.75))
+    second = policy.next_pass()
+    heard = words_of("in the next video see you in the next video and now", 3.75, spacing=0.17)
+    events = policy.apply(second, result(heard), elapsed=0.1)
+    assert finals(events) == []  # "in the next video" is an echo, then the same words once more: a loop
+    assert policy.dropped["echoes"] == 1 and policy.dropped["loops"] == 1
 
 
 def test_adaptive_step_grows_when_passes_are_slower_than_real_time():

@@ -327,19 +327,23 @@ class StreamingPolicy:
 
     def _drop_unneeded_audio(self) -> None:
         """Keep audio from the oldest open utterance on (or a short pre-roll while nobody speaks), and the context
-        its passes may hear: at most ``context_s`` more."""
-        if self._pending:
-            keep_from = self._pending[0].start
-        elif self._current is not None:
-            keep_from = self._current.start
+        its passes may hear: back to the earliest utterance start or committed word within ``context_s``."""
+        oldest = self._pending[0] if self._pending else self._current
+        if oldest is not None:
+            keep_from = oldest.start
         else:
             keep_from = max(self._floor, self._total - int(self.config.pre_roll_s * self._sr) - self._frame)
+        context_from = keep_from - int(self.config.context_s * self._sr)
         # Later utterances start later still: an anchor too old for the oldest one is too old for good.
-        oldest_useful = keep_from - int(self.config.context_s * self._sr)
-        while self._anchors and (self._anchors[0] < max(oldest_useful, self._buf_start)):
+        while self._anchors and self._anchors[0] < max(context_from, self._buf_start):
             self._anchors.popleft()
         if self._anchors:
             keep_from = min(keep_from, self._anchors[0])
+        if oldest is None or not oldest.trimmed:
+            first = next((w for w in self._committed[self._split_committed(context_from / self._sr):]
+                          if w.start * self._sr >= context_from), None)
+            if first is not None:  # a committed word boundary may begin the next pass (_committed_boundary)
+                keep_from = min(keep_from, max(context_from, int((first.start - 1.0) * self._sr)))
         keep_from = max(keep_from, self._buf_start)
         if keep_from > self._buf_start:
             self._audio = self._audio[keep_from - self._buf_start:]
@@ -410,8 +414,10 @@ class StreamingPolicy:
                            utterance_id=utt.id, trim=trim, fallback=final and utt.fallback)
 
     def _window_start(self, utt: _Utterance, end: int) -> int:
-        """First sample of a pass over ``utt`` ending at ``end``: the start of the earliest earlier utterance within
-        ``context_s`` (so the context begins in a pause, not mid-word), keeping the window under 30 s."""
+        """First sample of a pass over ``utt`` ending at ``end``, keeping the window under 30 s: the start of the
+        earliest earlier utterance within ``context_s`` (the context then begins in a pause), or else a committed
+        word boundary within it (a sentence start where there is one), so that an utterance after a long one still
+        has its context."""
         limit = max(utt.start - int(self.config.context_s * self._sr), end - int(_MAX_WINDOW_S * self._sr),
                     self._buf_start)
         for anchor in self._anchors:
@@ -419,7 +425,23 @@ class StreamingPolicy:
                 break
             if anchor >= limit:
                 return anchor
-        return utt.start
+        if utt.trimmed:  # its passes already hear half a buffer of its own committed words
+            return utt.start
+        return self._committed_boundary(limit, utt.start) or utt.start
+
+    def _committed_boundary(self, limit: int, before: int) -> int | None:
+        """The earliest gap between committed words inside [limit, before), at a sentence start if one is there:
+        at the frame the VAD found least speech-like."""
+        lo, hi = limit / self._sr, before / self._sr
+        i = self._split_committed(lo + _HEARD_AGAIN_S)
+        words = self._committed
+        candidates = [k for k in range(max(i, 1), len(words)) if words[k].start >= lo and words[k].end <= hi]
+        if not candidates:
+            return None
+        sentences = [k for k in candidates if ends_sentence(words[k - 1])]
+        k = (sentences or candidates)[0]
+        cut = int(self._quietest(words[k - 1].end, words[k].start) * self._sr)
+        return cut if limit <= cut < before else None
 
     def _split_committed(self, offset: float) -> int:
         """Index of the first committed word a pass starting at ``offset`` (stream seconds) can hear again."""
