@@ -35,6 +35,7 @@ def _load_bench_live():
 
 bench = _load_bench_live()
 ADMIN_PASSWORD = "e2e-admin-password"
+LIVE_RESUME_SECONDS = 5
 API_TOKEN = "e2e-test-token"
 
 # This machine sets these, and they override `verify=` in requests: tests talk to our self-signed server.
@@ -130,6 +131,9 @@ def make_server(tmp: Path, **env_overrides: str) -> ServerProcess:
         "WHISPER_MODEL": "tiny.en", "WHISPER_ENGINE": "faster-whisper", "ADMIN_PASSWORD": ADMIN_PASSWORD,
         "API_KEYS": API_TOKEN, "LOG_LEVEL": "INFO", "MODEL_DOWNLOADS": "false", "CPU_THREADS": "2",
         "PYTHONUNBUFFERED": "1",
+        # A dropped live connection waits this long for a resume (30 s by default): tests that drop one see it
+        # saved soon after.
+        "LIVE_RESUME_SECONDS": str(LIVE_RESUME_SECONDS),
     })
     env.update(env_overrides)
     return ServerProcess(base_url=f"https://127.0.0.1:{https_port}", http_url=f"http://127.0.0.1:{http_port}",

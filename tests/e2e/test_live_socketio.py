@@ -8,12 +8,15 @@ never asserted (run with -s to see them).
 
 from __future__ import annotations
 
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
 import socketio
+import soundfile as sf
 
 from whisper_appliance.core.audio import decode_audio
 from whisper_appliance.core.records import SAMPLE_RATE
@@ -242,6 +245,92 @@ def test_oversized_chunk_and_rate_limit_keep_the_connection(server, client):
 
 # ---------------------------------------------------------------------------------------------------------------
 # Disconnects, legacy clients, auth, load
+
+
+def live_entry(server, session_id: str, timeout: float = 30) -> list[dict]:
+    """The live history entries of one session, once there is at least one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [e for e in live_history(server) if (e.get("metadata") or {}).get("session_id") == session_id]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.3)
+
+
+@pytest.mark.parametrize("first, then", [("pcm16", "pcm16"), ("webm", "pcm16"), ("webm", "webm")])
+def test_a_dropped_connection_resumes_the_same_session(server, offline, first, then):
+    """The client drops mid-sentence and comes back on a new connection with the resume token: one session,
+    one committed text, one history entry, whichever format each connection streams."""
+    path = bench.SPEECH_DIR / "jfk.mp3"
+    prepared = bench.prepare(path)
+    audio = decode_audio(path)
+    c1 = bench.LiveClient(server.base_url, verify=str(server.cert_path))
+    started = c1.start(first)
+    assert started["resumed"] is False and len(started["resume_token"]) >= 32
+    half = int(6.0 / bench.CHUNK_S)  # drop in the middle of the second sentence
+    c1.stream(prepared.chunks[first], stop_after=half)
+    time.sleep(1.5)
+    got = [e.payload for e in c1.events if e.name == "transcription_result"]
+    received_until = got[-1]["end"] if got else 0.0
+    c1.disconnect()
+
+    c2 = bench.LiveClient(server.base_url, verify=str(server.cert_path))
+    try:
+        mark = c2.mark()
+        resumed = c2.start(then, resume=started["resume_token"], received_until=received_until)
+        assert resumed["resumed"] is True and resumed["session_id"] == started["session_id"]
+        held = resumed["audio_seconds"]
+        assert 5.5 <= held <= 6.5  # what the first connection sent (decoded, for webm)
+        rest = audio[int(held * 16000):]
+        if then == "pcm16":
+            chunks = bench.pcm_chunks(rest)
+        else:  # a new WebM stream, header first, as a new MediaRecorder would send
+            with tempfile.TemporaryDirectory() as tmp:
+                wav = Path(tmp) / "rest.wav"
+                sf.write(wav, rest, 16000)
+                chunks = bench.webm_chunks(bench.encode_webm(wav), rest.size / 16000)
+        c2.stream(chunks)
+        stopped = c2.stop().payload
+        assert stopped["session_id"] == started["session_id"]
+        later = [e.payload for e in c2.events[mark:] if e.name == "transcription_result"]
+        assert all(p["end"] > received_until for p in later)  # nothing the client had was sent again
+        text = " ".join(p["text"].strip() for p in got + later)
+        assert " ".join(text.split()) == " ".join(stopped["text"].split())
+        offline_wer = word_error_rate(reference_text("jfk"), offline("jfk.mp3"))
+        live_wer = word_error_rate(reference_text("jfk"), stopped["text"])
+        print(f"\n[live] resume {first}->{then}: WER {live_wer:.3f} (offline {offline_wer:.3f}): {stopped['text']}")
+        assert live_wer <= offline_wer + 0.1
+        entries = live_entry(server, started["session_id"])
+        assert [e["id"] for e in entries] == [stopped["history_id"]]
+    finally:
+        c2.disconnect()
+
+
+def test_a_resume_takes_over_from_a_connection_the_server_still_thinks_open(server):
+    c1 = bench.LiveClient(server.base_url, verify=str(server.cert_path))
+    c2 = bench.LiveClient(server.base_url, verify=str(server.cert_path))
+    try:
+        started = c1.start("pcm16")
+        resumed = c2.start("pcm16", resume=started["resume_token"])
+        assert resumed["resumed"] is True and resumed["session_id"] == started["session_id"]
+        prepared = bench.prepare(bench.SPEECH_DIR / "goforward.wav")
+        mark1 = c1.mark()
+        c2.stream(prepared.chunks["pcm16"])
+        stopped = c2.stop().payload
+        assert "forward" in stopped["text"].lower()
+        assert [e.name for e in c1.events[mark1:] if e.name.startswith(("transcription", "recording"))] == []
+        mark1 = c1.mark()
+        c1.emit("audio_chunk", {"audio_data": b"\0\0" * 1600, "seq": 1})
+        assert error_after(c1, mark1).payload["code"] == "not_recording"  # it no longer owns the session
+    finally:
+        c1.disconnect()
+        c2.disconnect()
+
+
+def test_an_unknown_resume_token_starts_a_new_session(client):
+    started = client.start("pcm16", resume="not-a-token-of-this-server")
+    assert started["resumed"] is False and started["resume_token"] != "not-a-token-of-this-server"
+    client.stop()
 
 
 def test_disconnect_mid_session_frees_ffmpeg_and_saves_committed_text(server):

@@ -234,7 +234,7 @@ def env(tmp_path):
     return make_env(settings)
 
 
-def make_env(settings: Settings, *, source_factory=None):
+def make_env(settings: Settings, *, source_factory=None, clock=time.monotonic):
     engine = ToneEngine()
     scheduler = FakeScheduler(engine)
     models = FakeModels()
@@ -247,7 +247,7 @@ def make_env(settings: Settings, *, source_factory=None):
     def policy(params: LiveParams) -> StreamingPolicy:
         return StreamingPolicy(StreamingConfig(language=params.language), vad=EnergyVad())
 
-    live = LiveSessions(settings, models, scheduler, transcription, policy_factory=policy, **kwargs)
+    live = LiveSessions(settings, models, scheduler, transcription, policy_factory=policy, clock=clock, **kwargs)
 
     class Env:
         pass
@@ -476,7 +476,8 @@ def test_feed_after_stop_is_refused(env):
         env.live.stop("sid")
 
 
-def test_disconnect_mid_session_frees_audio_and_saves_committed_text(env):
+def test_disconnect_mid_session_frees_audio_and_saves_committed_text(tmp_path):
+    env = make_env(Settings(data_dir=tmp_path, live_resume_seconds=0))  # no grace period: saved at once
     live = env.live
     session = live.open("sid", {"format": "pcm16"})
     rec = Recorder()
@@ -496,6 +497,148 @@ def test_disconnect_mid_session_frees_audio_and_saves_committed_text(env):
     assert env.history.entries[0]["text"] == "w7 w8" and env.history.entries[0]["source"] == "live"
     assert not rec.named("recording_stopped")  # nobody is listening any more
     assert live.count() == 0
+
+
+# -- resuming after a dropped connection ----------------------------------------------------------------------
+
+
+def wait_for(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def running_session(live: LiveSessions, sid: str, params: dict):
+    """A session with its loop on a thread (as the web layer runs it), and what it emitted."""
+    rec = Recorder()
+    session = live.open(sid, params, rec)
+    loop = threading.Thread(target=session.run, args=(rec, lambda s: time.sleep(0.002)), daemon=True)
+    loop.start()
+    return session, rec, loop
+
+
+def test_a_dropped_connection_detaches_the_session_and_a_resume_goes_on_with_it(env):
+    live = env.live
+    session, first, loop = running_session(live, "sid1", {"format": "pcm16"})
+    assert first.events == [] and session.started_payload()["resume_token"] == session.resume_token
+    session.feed(pcm16(speech([7, 8], tail_silence=2.0)))
+    wait_for(lambda: first.named("transcription_result"))
+    session.feed(pcm16(tone(5)))  # a word still being spoken when the connection drops
+    assert live.close("sid1") is None  # detached, not ended
+    assert live.count() == 1 and session.detached_since is not None and loop.is_alive()
+    assert not env.history.entries
+
+    second = Recorder()
+    resumed = live.open("sid2", {"format": "pcm16", "resume": session.resume_token, "received_until": 0.0}, second)
+    assert resumed is session and session.resumed and live.get("sid2") is session and live.get("sid1") is None
+    payload = session.started_payload()
+    assert payload["resumed"] is True and payload["session_id"] == session.id
+    assert payload["audio_seconds"] == pytest.approx(speech([7, 8], tail_silence=2.0).size / SR + WORD_S, abs=0.01)
+    session.replay(0.0)  # the client missed everything: the committed result comes again
+    assert [p["text"] for p in second.named("transcription_result")] == ["w7 w8"]
+    session.feed(pcm16(np.concatenate([np.zeros(int(GAP_S * SR), np.float32), speech([6], lead_silence=0.0)])))
+    wait_for(lambda: len(second.named("transcription_result")) >= 2)
+    live.stop("sid2")
+    loop.join(10)
+    assert not loop.is_alive()
+    assert [p["text"] for p in second.named("transcription_result")][1:] == ["w5 w6"]
+    assert len(env.history.entries) == 1 and env.history.entries[0]["text"] == "w7 w8 w5 w6"
+    stopped = second.named("recording_stopped")
+    assert stopped and stopped[0]["session_id"] == session.id and not first.named("recording_stopped")
+    assert live.count() == 0
+
+
+def test_a_resume_replays_only_the_results_the_client_did_not_get(env):
+    live = env.live
+    session, first, loop = running_session(live, "sid1", {"format": "pcm16"})
+    session.feed(pcm16(speech([7, 8], tail_silence=2.0)))
+    wait_for(lambda: first.named("transcription_result"))
+    got = first.named("transcription_result")[-1]["end"]
+    live.close("sid1")
+    second = Recorder()
+    live.open("sid2", {"format": "pcm16", "resume": session.resume_token, "received_until": got}, second)
+    session.replay(got)
+    assert second.named("transcription_result") == []
+    live.stop("sid2")
+    loop.join(10)
+
+
+def test_a_resume_takes_over_a_session_whose_old_connection_the_server_still_thinks_open(env):
+    live = env.live
+    session, first, loop = running_session(live, "sid1", {"format": "pcm16"})
+    second = Recorder()
+    assert live.open("sid2", {"format": "pcm16", "resume": session.resume_token}, second) is session
+    assert live.get("sid1") is None and live.count() == 1
+    session.feed(pcm16(speech([3], tail_silence=2.0)))
+    wait_for(lambda: second.named("transcription_result"))
+    assert first.named("transcription_result") == []  # the old connection hears nothing more
+    live.close("sid1")  # its disconnect, noticed late, no longer concerns the session
+    assert live.get("sid2") is session
+    live.stop("sid2")
+    loop.join(10)
+    assert len(env.history.entries) == 1
+
+
+def test_a_resume_may_change_the_audio_format(env):
+    live = env.live
+    session, first, loop = running_session(live, "sid1", {"format": "pcm16"})
+    session.feed(pcm16(speech([4], tail_silence=2.0)))
+    wait_for(lambda: first.named("transcription_result"))
+    live.close("sid1")
+    second = Recorder()
+    live.open("sid2", {"format": "pcm16", "sample_rate": 48000, "resume": session.resume_token}, second)
+    assert session.started_payload()["sample_rate"] == 48000
+    audio48 = np.repeat(speech([9], lead_silence=0.1, tail_silence=2.0), 3)  # the same tones at 48 kHz
+    session.feed(pcm16(audio48))
+    wait_for(lambda: second.named("transcription_result"))
+    live.stop("sid2")
+    loop.join(10)
+    assert env.history.entries[0]["text"] == "w4 w9"
+
+
+def test_an_unresumed_session_is_finished_and_saved_after_the_grace_period(tmp_path):
+    now = [1000.0]
+    env = make_env(Settings(data_dir=tmp_path, live_resume_seconds=30), clock=lambda: now[0])
+    live = env.live
+    session, first, loop = running_session(live, "sid1", {"format": "pcm16"})
+    session.feed(pcm16(speech([7, 8], tail_silence=2.0)))
+    wait_for(lambda: first.named("transcription_result"))
+    session.feed(pcm16(speech([2], lead_silence=0.0, tail_silence=0.0)))  # not yet committed at the drop
+    live.close("sid1")
+    time.sleep(0.2)
+    assert loop.is_alive() and not env.history.entries
+    now[0] += 31
+    loop.join(10)
+    assert not loop.is_alive() and live.count() == 0
+    # Finished as a stopped session is: its last utterance was decoded too, and one entry was saved.
+    assert [e["text"] for e in env.history.entries] == ["w7 w8 w2"]
+    assert session.summary is not None and session.summary.reason == "disconnected"
+    fresh = live.open("sid2", {"format": "pcm16", "resume": session.resume_token}, Recorder())
+    assert fresh is not session and not fresh.resumed and fresh.started_payload()["resumed"] is False
+
+
+def test_detached_sessions_count_against_the_session_limit(tmp_path):
+    now = [0.0]
+    live = make_env(Settings(data_dir=tmp_path, live_max_sessions=2), clock=lambda: now[0]).live
+    _, _, first = running_session(live, "sid1", {"format": "pcm16"})
+    _, _, second = running_session(live, "sid2", {"format": "pcm16"})
+    live.close("sid1")
+    with pytest.raises(RateLimited):
+        live.open("sid3", {"format": "pcm16"})
+    live.stop("sid2")
+    now[0] += 60  # the detached one's grace period ends
+    first.join(10)
+    second.join(10)
+    assert live.count() == 0
+
+
+@pytest.mark.parametrize("resume", [123, "", "x" * 101])
+def test_a_bad_resume_token_is_refused(resume):
+    with pytest.raises(InvalidInput):
+        parse_live_params({"format": "pcm16", "resume": resume})
+    with pytest.raises(InvalidInput):
+        parse_live_params({"format": "pcm16", "received_until": "soon"})
 
 
 def test_a_scheduler_lane_is_reserved_while_a_session_is_open(env):

@@ -87,6 +87,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("LIVE_MAX_CHUNK_SIZE", "1MB", "Largest single live audio chunk."),
     Variable("LIVE_MAX_SESSION_SECONDS", "3600", "Longest live session, in seconds of audio."),
     Variable("LIVE_MAX_CHUNKS_PER_SECOND", "20", "Chunks per second accepted per connection."),
+    Variable("LIVE_RESUME_SECONDS", "30", "A live session whose connection drops waits this long for the client to "
+                                          "resume it (same text, same history entry); 0 saves it at once."),
 )
 
 
@@ -121,6 +123,7 @@ class Settings:
     live_max_chunk_size: int = 1024 ** 2
     live_max_session_seconds: int = 3600
     live_max_chunks_per_second: int = 20
+    live_resume_seconds: int = 30
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -158,7 +161,7 @@ class Settings:
             port = getattr(self, name)
             if not 0 <= port <= 65535:
                 problems.append(f"{name.upper()}={port}: not a TCP port")
-        for name in ("cpu_threads", "inference_workers", "history_retention_days"):
+        for name in ("cpu_threads", "inference_workers", "history_retention_days", "live_resume_seconds"):
             if getattr(self, name) < 0:
                 problems.append(f"{name.upper()} must be 0 or more")
         for name in ("max_upload_size", "live_max_sessions", "live_max_chunk_size", "live_max_session_seconds",
@@ -182,7 +185,7 @@ class Settings:
 
 
 _INTS = {"cpu_threads", "inference_workers", "https_port", "http_port", "history_retention_days", "live_max_sessions",
-         "live_max_session_seconds", "live_max_chunks_per_second"}
+         "live_max_session_seconds", "live_max_chunks_per_second", "live_resume_seconds"}
 _BOOLS = {"model_downloads", "http_redirect", "require_auth", "result_cache"}
 _SIZES = {"max_upload_size", "live_max_chunk_size"}
 _DIRS = {"models_dir", "data_dir", "ssl_dir"}

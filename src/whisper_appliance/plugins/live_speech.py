@@ -1,6 +1,7 @@
 """Live dictation over Socket.IO (default namespace): thin handlers around ``services/live.py``.
 
-Client events: ``start_recording {language?, task?, format: "webm"|"pcm16", sample_rate?}``,
+Client events: ``start_recording {language?, task?, format: "webm"|"pcm16", sample_rate?, resume?,
+received_until?}``,
 ``audio_chunk {audio_data: binary|base64, seq?}``, ``stop_recording``. Server events: ``recording_started``,
 ``transcription_partial``, ``transcription_result``, ``transcription_error {code, message}``,
 ``recording_stopped`` (see the service's docstring). A second ``start_recording`` while recording is refused
@@ -20,7 +21,7 @@ from flask import Flask, request
 from flask_socketio import Namespace, SocketIO
 
 from ..core.errors import ApplianceError, Forbidden
-from ..services.live import LiveSessions
+from ..services.live import LiveSessions, parse_live_params
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +55,17 @@ class LiveSpeech(Namespace):
         self._guarded(sid, self._start, sid, data)
 
     def _start(self, sid: str, data: Any) -> None:
-        session = self.live.open(sid, data)
         socketio = self._socketio
 
         def emit(name: str, payload: dict[str, Any]) -> None:
             socketio.emit(name, payload, to=sid, namespace=self.namespace)
 
+        params = parse_live_params(data)
+        session = self.live.open(sid, params, emit)
         emit("recording_started", session.started_payload())
+        if session.resumed:  # its loop runs on; the client gets the results it missed
+            session.replay(params.received_until)
+            return
         # The loop emits from this background task: it is on the event loop, unlike the inference thread.
         socketio.start_background_task(session.run, emit, socketio.sleep)
 

@@ -15,7 +15,15 @@ Events the loop emits (the Socket.IO protocol's server side):
 ``transcription_partial {session_id, text, start, end}``, ``transcription_result {session_id, text, start, end,
 words: [{word, start, end}], final: true, language}``, ``transcription_error {code, message}`` and, once,
 ``recording_stopped {session_id, text, duration, history_id}``. Committed text is saved to history (source
-``live``) when a session ends, also when the client disconnects; only the server writes those entries.
+``live``) when a session ends; only the server writes those entries.
+
+A dropped connection does not end a session at once: it is *detached* for ``LIVE_RESUME_SECONDS`` (counted
+against LIVE_MAX_SESSIONS), the audio it had received is still decoded, and a client that sends
+``start_recording {resume: <resume_token from recording_started>, received_until, format, ...}`` on its new
+connection goes on with the same session: ``recording_started`` says ``resumed: true`` and ``audio_seconds``
+(the client sends its audio from there), then the committed results after ``received_until`` are sent again.
+One session, one committed text, one history entry, in either format. Unresumed, the session then finishes
+its last utterance and is saved, as a stopped one is (``LIVE_RESUME_SECONDS=0``: saved at the disconnect).
 
 ``transcribe_recording`` is the seed's legacy path: one chunk holding a whole recording, transcribed at once.
 Nothing here imports Flask or Socket.IO.
@@ -27,11 +35,12 @@ import base64
 import binascii
 import logging
 import re
+import secrets
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -54,6 +63,7 @@ POLL_INTERVAL = 0.05          # seconds between looks at the decoder output whil
 RETRY_AFTER_FAILURE = 1.0     # seconds to wait before retrying a pass that failed
 MAX_PASS_FAILURES = 3         # consecutive failed passes that end a session
 CLOSE_WAIT = 10.0             # seconds ``close`` waits for a running loop to save and end
+MAX_TOKEN_LENGTH = 100        # a resume token is 32 URL-safe characters
 _DATA_URL = re.compile(r"^data:[^,]*;base64,", re.IGNORECASE)
 
 Emit = Callable[[str, dict[str, Any]], None]
@@ -72,6 +82,8 @@ class LiveParams:
     task: str = "transcribe"
     format: str = "webm"
     sample_rate: int = SAMPLE_RATE    # pcm16 only
+    resume: str | None = None         # the resume token of a session whose connection dropped
+    received_until: float = 0.0       # ... and the end of the last transcription_result the client got from it
 
 
 def parse_live_params(data: Any) -> LiveParams:
@@ -99,7 +111,14 @@ def parse_live_params(data: Any) -> LiveParams:
     if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
         raise InvalidInput(f"sample_rate must be between {MIN_SAMPLE_RATE} and {MAX_SAMPLE_RATE} Hz, "
                            f"got {sample_rate}", code="invalid_option")
-    return LiveParams(language=language, task=task, format=fmt, sample_rate=sample_rate)
+    resume = data.get("resume")
+    if resume is not None and (not isinstance(resume, str) or not 0 < len(resume) <= MAX_TOKEN_LENGTH):
+        raise InvalidInput("resume must be the resume_token of recording_started", code="invalid_request")
+    received = data.get("received_until", 0.0)
+    if isinstance(received, bool) or not isinstance(received, (int, float)) or not 0 <= received < 1e7:
+        raise InvalidInput(f"received_until must be a number of seconds, got {received!r}", code="invalid_request")
+    return LiveParams(language=language, task=task, format=fmt, sample_rate=sample_rate, resume=resume or None,
+                      received_until=float(received))
 
 
 @dataclass(frozen=True)
@@ -271,11 +290,17 @@ class LiveSummary:
 
 
 class LiveSession:
-    """One client's dictation: audio front end, streaming policy and the loop that runs its passes."""
+    """One client's dictation: audio front end, streaming policy and the loop that runs its passes.
+
+    A session outlives its connection for ``LIVE_RESUME_SECONDS``: ``detach`` when the connection drops (the audio
+    received so far is still decoded), ``resume`` from the next connection with the ``resume_token``, which goes
+    on with the same policy, text and history entry, in either audio format (a new stream is a new decoder).
+    """
 
     def __init__(self, owner: LiveSessions, sid: str, params: LiveParams, model: str,
                  policy: StreamingPolicy, source: AudioSource) -> None:
         self.id = uuid.uuid4().hex
+        self.resume_token = secrets.token_urlsafe(24)
         self.sid = sid
         self.params = params
         self.model = model
@@ -285,6 +310,12 @@ class LiveSession:
         self._owner = owner
         threading = concurrency.real_threading()
         self._done = threading.Event()
+        # The loop and the web layer's handlers both touch the audio source and the policy (a resume swaps the
+        # source and drains the old one): never held across a wait, so it never blocks the event loop.
+        self._lock = threading.Lock()
+        self._emit: Emit | None = None
+        self.detached_since: float | None = None
+        self.resumed = False
         self._stop_requested = False
         self._flush = True
         self._notify = True
@@ -301,8 +332,12 @@ class LiveSession:
 
     # -- called by the web layer -------------------------------------------------------------------------------
     def started_payload(self) -> dict[str, Any]:
-        return {"session_id": self.id, "format": self.params.format, "model": self.model,
-                "language": self.params.language or "auto", "sample_rate": self.params.sample_rate}
+        payload = {"session_id": self.id, "format": self.params.format, "model": self.model,
+                   "language": self.params.language or "auto", "sample_rate": self.params.sample_rate,
+                   "resume_token": self.resume_token, "resumed": self.resumed}
+        if self.resumed:
+            payload["audio_seconds"] = round(self.policy.audio_seconds, 3)  # send the audio from here on
+        return payload
 
     @property
     def language(self) -> str | None:
@@ -318,11 +353,49 @@ class LiveSession:
         if self._stop_requested:
             raise InvalidInput("this session is stopping; start a new one", code="not_recording")
         try:
-            self.source.feed(data)
+            with self._lock:
+                self.source.feed(data)
         except AudioDecodeError as exc:  # the same code as when the loop finds the decoder dead first
             raise AudioDecodeError(exc.message, code="decode_failed") from exc
         self.chunks += 1
         self.bytes += len(data)
+
+    def attach(self, sid: str, emit: Emit) -> None:
+        """Events go to connection ``sid`` from now on."""
+        self.sid = sid
+        self._emit = emit
+        self.detached_since = None
+
+    def detach(self, now: float) -> None:
+        """The connection dropped: events go nowhere until a resume; the audio received so far is decoded."""
+        self._emit = None
+        self.detached_since = now
+        try:
+            self.source.close(timeout=0.5)  # ffmpeg decodes what it has (the loop reads it); a PCM stream ends
+        except Exception:
+            log.exception("closing the decoder of live session %s failed", self.id)
+
+    def resume(self, sid: str, params: LiveParams, source: AudioSource, emit: Emit) -> None:
+        """Go on from connection ``sid`` with a new audio stream (its format may differ from the old one's)."""
+        old = self.source
+        old.close(timeout=2.0)  # a connection taken over before the server noticed the drop is still open
+        with self._lock:
+            rest = old.read()
+            if rest.size:
+                self.policy.push_audio(rest)
+            self.source = source
+            self.params = replace(self.params, format=params.format, sample_rate=params.sample_rate)
+            self.resumed = True
+        self.attach(sid, emit)
+        log.info("live session %s resumed on %s (%s) at %.2f s of audio", self.id, sid[:8], params.format,
+                 self.policy.audio_seconds)
+
+    def replay(self, received_until: float) -> None:
+        """Send the committed results the client did not get (those ending after ``received_until``)."""
+        for segment in list(self._segments):
+            if segment.end > received_until + 1e-3:
+                self._out("transcription_result", self._result_payload(segment.text.strip(), segment.start,
+                                                                       segment.end, segment.words))
 
     def request_stop(self, *, flush: bool = True, notify: bool = True, save: bool = True,
                      reason: str = "stopped") -> None:
@@ -345,23 +418,28 @@ class LiveSession:
         """Pull audio, run due passes, emit their events; on stop flush, save and emit ``recording_stopped``."""
         if self.summary is not None:  # closed (client gone) before the task got to run
             return self.summary
+        if self._emit is None and self.detached_since is None:
+            self._emit = emit
         self.running = True
         try:
             while not self._stop_requested:
-                if not self._pull_audio(emit):
+                with self._lock:
+                    problem = self._pull_audio()
+                    request = self.policy.next_pass() if problem is None else None
+                if problem is not None:
+                    self._emit_error(problem)
                     break
-                request = self.policy.next_pass()
                 if request is None:
                     sleep(POLL_INTERVAL)
-                elif not self._run(request, emit):
+                elif not self._run(request):
                     sleep(RETRY_AFTER_FAILURE)
-            self._flush_rest(emit)
+            self._flush_rest()
         except Exception as exc:  # the session ends, but its committed text is still saved below
             log.exception("live session %s failed", self.id)
             self._reason = "error"
-            self._emit_error(emit, ApplianceError(f"the live session failed: {exc}", code="internal_error"))
+            self._emit_error(ApplianceError(f"the live session failed: {exc}", code="internal_error"))
         finally:
-            self._finish(emit)
+            self._finish()
         assert self.summary is not None
         return self.summary
 
@@ -369,32 +447,36 @@ class LiveSession:
         """End a session whose loop never ran (or has ended): close the audio and save, emitting nothing."""
         self._notify = False
         if self.summary is None:
-            self._finish(lambda name, data: None)
+            self._finish()
         assert self.summary is not None
         return self.summary
 
-    def _pull_audio(self, emit: Emit) -> bool:
-        """Move decoded audio into the policy; False when the session must stop (decoder died, limit)."""
+    def _pull_audio(self) -> ApplianceError | None:
+        """Move decoded audio into the policy; the error that must stop the session (decoder died, limit), if any."""
         audio = self.source.read()
         if audio.size:
             self.policy.push_audio(audio)
-        error = self.source.error
+        # A detached session's stream was cut where the connection dropped: ffmpeg's complaint about the
+        # truncated last cluster is no decoding failure.
+        error = self.source.error if self.detached_since is None else None
         if error:
-            self._emit_error(emit, AudioDecodeError(f"the audio stream could not be decoded: {error}",
-                                                    code="decode_failed"))
             self.request_stop(flush=True, reason="error")
-            return False
-        limit = self._owner.settings.live_max_session_seconds
+            return AudioDecodeError(f"the audio stream could not be decoded: {error}", code="decode_failed")
+        settings = self._owner.settings
+        now = self._owner.now()
+        if self.detached_since is not None and now - self.detached_since >= settings.live_resume_seconds:
+            log.info("live session %s was not resumed within %d s (LIVE_RESUME_SECONDS)", self.id,
+                     settings.live_resume_seconds)
+            self.request_stop(flush=True, notify=False, reason="disconnected")
+            return None
         elapsed = max(self.policy.audio_seconds, time.monotonic() - self.started_at)
-        if elapsed >= limit:
-            self._emit_error(emit, ApplianceError(
-                f"the live session reached its limit of {limit} s (LIVE_MAX_SESSION_SECONDS) and was stopped",
-                code="session_limit", status=413))
+        if elapsed >= settings.live_max_session_seconds:
             self.request_stop(flush=True, reason="limit")
-            return False
-        return True
+            return ApplianceError(f"the live session reached its limit of {settings.live_max_session_seconds} s "
+                                  "(LIVE_MAX_SESSION_SECONDS) and was stopped", code="session_limit", status=413)
+        return None
 
-    def _run(self, request: PassRequest, emit: Emit) -> bool:
+    def _run(self, request: PassRequest) -> bool:
         """One pass through the scheduler; True when it ran (its events emitted), False when it failed."""
         options = self.policy.options_for(request)
         started = time.monotonic()
@@ -405,7 +487,7 @@ class LiveSession:
         except ApplianceError as exc:
             self._failures += 1
             log.warning("live pass of session %s failed (%d in a row): %s", self.id, self._failures, exc)
-            self._emit_error(emit, exc)
+            self._emit_error(exc)
             if self._failures >= MAX_PASS_FAILURES:
                 self.request_stop(flush=False, reason="error")
             return False
@@ -416,46 +498,54 @@ class LiveSession:
         self._compute_seconds += result.elapsed
         if result.language:
             self._language = self.policy.language or result.language
+        with self._lock:
+            events = self.policy.apply(request, result, elapsed)
         log.debug("live %s: %s pass over %.2f s of audio: %.2f s (%.2f s in the engine), lag %.2f s", self.id[:8],
                   "final" if request.final else "trim" if request.trim else "partial", request.audio.size / SAMPLE_RATE,
                   elapsed, result.elapsed, self.policy.lag_seconds)
-        for event in self.policy.apply(request, result, elapsed):
-            self._emit_event(event, emit)
+        for event in events:
+            self._emit_event(event)
         return True
 
-    def _emit_event(self, event: StreamEvent, emit: Emit) -> None:
+    def _out(self, name: str, payload: dict[str, Any]) -> None:
+        emit = self._emit
+        if self._notify and emit is not None:
+            emit(name, payload)
+
+    def _result_payload(self, text: str, start: float, end: float, words: tuple) -> dict[str, Any]:
+        event = StreamEvent("final", text, start, end, words)
+        return {"session_id": self.id, **event.to_dict(words=True), "final": True, "language": self.language}
+
+    def _emit_event(self, event: StreamEvent) -> None:
         if event.kind == "final":
             self._segments.append(Segment(id=len(self._segments), start=event.start, end=event.end,
                                           text=" " + event.text.strip(), words=event.words))
-            payload = {"session_id": self.id, **event.to_dict(words=True), "final": True, "language": self.language}
-            name = "transcription_result"
+            self._out("transcription_result", self._result_payload(event.text, event.start, event.end, event.words))
         else:
-            payload = {"session_id": self.id, **event.to_dict()}
-            name = "transcription_partial"
-        if self._notify:
-            emit(name, payload)
+            self._out("transcription_partial", {"session_id": self.id, **event.to_dict()})
 
-    def _emit_error(self, emit: Emit, err: ApplianceError) -> None:
-        if self._notify:
-            emit("transcription_error", {"code": err.code, "message": err.message, "session_id": self.id})
+    def _emit_error(self, err: ApplianceError) -> None:
+        self._out("transcription_error", {"code": err.code, "message": err.message, "session_id": self.id})
 
-    def _flush_rest(self, emit: Emit) -> None:
+    def _flush_rest(self) -> None:
         """After a stop: decode what ffmpeg still holds and run the final passes (unless told not to)."""
         if not self._flush:
             return
         self.source.close()  # ffmpeg decodes what it still holds; its wait runs off the event loop
-        audio = self.source.read()
-        if audio.size:
-            self.policy.push_audio(audio)
+        with self._lock:
+            audio = self.source.read()
+            if audio.size:
+                self.policy.push_audio(audio)
         while self._flush:
-            request = self.policy.finish()
+            with self._lock:
+                request = self.policy.finish()
             if request is None:
                 return
-            if not self._run(request, emit):
+            if not self._run(request):
                 if self._failures >= MAX_PASS_FAILURES or not self._flush:
                     return
 
-    def _finish(self, emit: Emit) -> None:
+    def _finish(self) -> None:
         """Always: release the decoder, save the committed text, leave the registry, tell the client."""
         if self.summary is not None:
             return
@@ -470,7 +560,7 @@ class LiveSession:
                 history_id = self._owner.save(self, text)
             except Exception as exc:
                 log.exception("saving live session %s to history failed", self.id)
-                self._emit_error(emit, exc if isinstance(exc, ApplianceError) else
+                self._emit_error(exc if isinstance(exc, ApplianceError) else
                                  ApplianceError(f"the transcript could not be saved: {exc}", code="history_failed"))
         self.summary = LiveSummary(session_id=self.id, text=text, duration=self.policy.audio_seconds,
                                    history_id=history_id, language=self.language,
@@ -481,8 +571,7 @@ class LiveSession:
         self._done.set()
         log.info("live session %s ended (%s): %.1f s audio, %d passes, %d chars", self.id, self.summary.reason,
                  self.summary.duration, self.summary.passes, len(text))
-        if self._notify:
-            emit("recording_stopped", self.summary.to_dict())
+        self._out("recording_stopped", self.summary.to_dict())
 
     def transcript(self, text: str) -> Transcript:
         language = self.language or ""
@@ -525,15 +614,26 @@ class LiveSessions:
         self._lock = concurrency.real_threading().Lock()
         self._active: dict[str, LiveSession] = {}      # sid -> the session receiving audio
         self._finishing: set[LiveSession] = set()      # stopped, still flushing/saving
+        self._detached: dict[str, LiveSession] = {}    # resume token -> a session whose connection dropped
+        self._clock = clock
         self.rate = ChunkRateLimiter(settings.live_max_chunks_per_second, clock)
         # While anyone dictates, uploads and jobs leave a lane of the scheduler to the live passes.
         scheduler.reserve_lane_while(lambda: self.count() > 0)
 
     # -- registry ----------------------------------------------------------------------------------------------
-    def open(self, sid: str, params: LiveParams | dict[str, Any] | None) -> LiveSession:
-        """Start a session for connection ``sid``: 409 when it already records, 429 beyond LIVE_MAX_SESSIONS."""
+    def open(self, sid: str, params: LiveParams | dict[str, Any] | None,
+             emit: Emit | None = None) -> LiveSession:
+        """Start a session for connection ``sid``, or resume the one ``params.resume`` names (``session.resumed``
+        says which): 409 when ``sid`` already records, 429 beyond LIVE_MAX_SESSIONS. A resume token that is
+        unknown or expired starts a new session. ``emit`` sends to ``sid`` (a resumed session's loop is running).
+        """
         if not isinstance(params, LiveParams):
             params = parse_live_params(params)
+        if params.resume:
+            resumed = self._resume(sid, params, emit)
+            if resumed is not None:
+                return resumed
+            log.info("live session resume refused on %s: unknown or expired token; starting a new one", sid[:8])
         status = self.transcription.ready_model()
         check_language_for_model(TranscribeOptions(language=params.language, task=params.task),  # type: ignore[arg-type]
                                  status.name)
@@ -541,8 +641,9 @@ class LiveSessions:
             if sid in self._active:
                 raise Conflict("a recording is already running on this connection; send stop_recording first",
                                code="already_recording")
-            if len(self._active) >= self.settings.live_max_sessions:
-                raise RateLimited(f"the server already runs {len(self._active)} live sessions "
+            running = len(self._active) + len(self._detached)
+            if running >= self.settings.live_max_sessions:
+                raise RateLimited(f"the server already runs {running} live sessions "
                                   "(LIVE_MAX_SESSIONS); try again later", code="too_many_sessions")
             # Reserve the slot before the slow part (starting ffmpeg), so two starts cannot both pass the check.
             self._active[sid] = None  # type: ignore[assignment]
@@ -554,11 +655,41 @@ class LiveSessions:
                 self._active.pop(sid, None)
             raise
         session = LiveSession(self, sid, params, status.name, policy, source)
+        if emit is not None:
+            session.attach(sid, emit)
         with self._lock:
             self._active[sid] = session
         log.info("live session %s started (%s, language %s, model %s)", session.id, params.format,
                  params.language or "auto", status.name)
         self._publish_count()
+        return session
+
+    def _resume(self, sid: str, params: LiveParams, emit: Emit | None) -> LiveSession | None:
+        """The session ``params.resume`` names, now receiving from ``sid``; None when there is none to resume."""
+        token = params.resume or ""
+        with self._lock:
+            if sid in self._active:
+                raise Conflict("a recording is already running on this connection; send stop_recording first",
+                               code="already_recording")
+            session = self._detached.pop(token, None)
+            if session is None:
+                # The old connection may be dead without the server knowing yet (it learns at the ping timeout):
+                # the token's holder takes its session over.
+                session = next((s for s in self._active.values()
+                                if s is not None and secrets.compare_digest(s.resume_token, token)), None)
+                if session is not None:
+                    del self._active[session.sid]
+            if session is None or session.stopping:
+                return None
+            self._active[sid] = session
+        try:
+            source = self._source_factory(params)
+        except BaseException:
+            with self._lock:  # no new stream: the session waits for another resume, or its time runs out
+                del self._active[sid]
+                self._detached[token] = session
+            raise
+        session.resume(sid, params, source, emit or (lambda name, data: None))
         return session
 
     def get(self, sid: str) -> LiveSession | None:
@@ -586,6 +717,20 @@ class LiveSessions:
         with self._lock:
             session = self._active.pop(sid, None)
             finishing = [s for s in self._finishing if s.sid == sid]
+            if (session is not None and save and self.settings.live_resume_seconds > 0 and not session.stopping
+                    and session.summary is None):
+                # It waits LIVE_RESUME_SECONDS for the client to come back with its resume token.
+                self._detached[session.resume_token] = session
+                detached, session = session, None
+            else:
+                detached = None
+        if detached is not None:
+            detached.detach(self.now())
+            log.info("live session %s detached from %s; it can be resumed for %d s", detached.id, sid[:8],
+                     self.settings.live_resume_seconds)
+            if not detached.running:  # its loop never started: nothing would end it
+                self._detached.pop(detached.resume_token, None)
+                return detached.finish_now()
         sessions = ([session] if session is not None else []) + finishing
         summary = None
         for s in sessions:
@@ -604,15 +749,22 @@ class LiveSessions:
                 summary = s.summary
         return summary
 
+    def now(self) -> float:
+        """The clock resume grace periods are measured with."""
+        return self._clock()
+
     def count(self) -> int:
         with self._lock:
-            return sum(1 for s in self._active.values() if s is not None) + len(self._finishing)
+            return (sum(1 for s in self._active.values() if s is not None) + len(self._finishing)
+                    + len(self._detached))
 
     def _ended(self, session: LiveSession) -> None:
         with self._lock:
             if self._active.get(session.sid) is session:
                 del self._active[session.sid]
             self._finishing.discard(session)
+            if self._detached.get(session.resume_token) is session:
+                del self._detached[session.resume_token]
         self._publish_count()
 
     def _publish_count(self) -> None:
