@@ -159,10 +159,11 @@ def test_live_dictation_in_chromium(server, api, speech_dir, tmp_path, fmt, name
 
 @pytest.mark.parametrize("fmt", ["pcm16", "webm"])
 def test_live_dictation_survives_a_dropped_connection(server, speech_dir, tmp_path, fmt):
-    """The transport is closed mid-speech: the text so far stays, socket.io reconnects, a new session goes on.
+    """The transport is closed mid-speech: the text so far stays, socket.io reconnects, and the page resumes the
+    same server session with its resume token: one session, one history entry.
 
-    WebM cannot resume mid-stream, so a WebM recording continues as PCM, starting with the audio the lost session
-    had not committed (the page keeps the worklet's PCM in both formats)."""
+    WebM cannot go on mid-stream, so a WebM recording continues as PCM from where the server's audio ends (the
+    page keeps the worklet's PCM in both formats)."""
     wav, seconds = fake_mic_wav(speech_file(speech_dir, "synthetic_meeting"), tmp_path)
     seen: dict[str, object] = {}
 
@@ -185,12 +186,18 @@ def test_live_dictation_survives_a_dropped_connection(server, speech_dir, tmp_pa
     print(f"\n[reconnect, {fmt}] WER {wer:.1%}; committed before the drop {seen['committed_before']!r}; status "
           f"after reconnect {seen['status_after']!r}\n  text: {shown['text']!r}")
     assert problems.errors == [] and problems.dialogs == []
-    assert seen["session_after"] != seen["session_before"]
+    assert seen["session_after"] == seen["session_before"]  # resumed, not a second session
     assert (seen["format_before"], seen["format_after"]) == (fmt, "pcm16")
     assert "Reconnected" in str(seen["status_after"])
     assert shown["text"].startswith(str(seen["committed_before"]))  # committed text is never retracted
-    # The audio the lost session had not committed, and the audio captured during the gap, go to the new one.
+    # The audio the server did not have, including what was captured during the gap, was sent after the resume.
     assert wer <= MAX_LIVE_WER, shown["text"]
+    history_id = int(shown["status"].split("#")[1].split(")")[0])
+    items = server.session(token=server.token).get(server.url("/api/history"), params={"source": "live", "limit": 100},
+                                                   timeout=10).json()["items"]
+    entries = [e for e in items if (e.get("metadata") or {}).get("session_id") == seen["session_before"]]
+    assert [e["id"] for e in entries] == [history_id]
+    assert word_error_rate(entries[0]["text"], shown["text"]) == 0.0
 
 
 # -- file upload -------------------------------------------------------------------------------------------------

@@ -10,11 +10,13 @@
  * uses MediaRecorder (Opus) with start(250). The browser's echo cancellation, noise suppression and automatic
  * gain are off unless the user turns them on: they distort clean speech and cost accuracy.
  *
- * When the connection drops, the committed text stays; socket.io reconnects and, if still recording, a new
- * server session starts and its text is appended. The worklet's 16 kHz PCM is kept in both formats until a
- * committed result covers it, so the new session is sent what the lost one had not committed plus what was
- * captured during the gap. A WebM stream cannot be resumed mid-way (later chunks need the first one's header),
- * so a WebM recording goes on as PCM after a reconnect. */
+ * When the connection drops, the committed text stays and socket.io reconnects. The server keeps the session
+ * for a while (LIVE_RESUME_SECONDS): start_recording {resume: resume_token, received_until} goes on with it,
+ * and recording_started says how much audio the server holds (audio_seconds), so the page sends what it
+ * captured from there on: one session, one text, one history entry. The worklet's 16 kHz PCM is kept in both
+ * formats until a committed result covers it, for that. A WebM stream cannot be continued mid-way (later chunks
+ * need the first one's header), so a WebM recording goes on as PCM after a reconnect. If the server no longer
+ * has the session, a new one starts and is sent what the lost one had not committed. */
 "use strict";
 
 (function () {
@@ -60,6 +62,8 @@
   let pending = []; // chunks waiting for recording_started / a reconnect
   let pendingBytes = 0;
   let reconnecting = false;
+  let resumeToken = null; // recording_started's resume_token: a reconnect asks to go on with the session
+  let receivedUntil = 0; // session seconds: end of the last committed result received
   let startedAt = 0;
   let recordingBase = 0; // seconds: where this recording starts (after earlier ones still on screen)
   let elapsedTimer = null;
@@ -181,7 +185,7 @@
     }
     reconnecting = false;
     if (state === "recording" || state === "starting") {
-      setStatus("Reconnected: continuing in a new session; the text so far is kept.", "warn");
+      setStatus("Reconnected: continuing the recording; the text so far is kept.", "warn");
       restartSession();
     } else if (state === "idle") {
       setStatus("Reconnected.");
@@ -205,7 +209,7 @@
     if (reason === "io server disconnect") socket.connect();
   }
 
-  function emitStart() {
+  function emitStart(extra) {
     const s = settings();
     clearTimeout(startTimer);
     startTimer = setTimeout(() => {
@@ -216,10 +220,20 @@
       }
     }, START_TIMEOUT_MS);
     const format = capture ? capture.format : s.format; // webm turns into pcm16 after a reconnect
-    socket.emit("start_recording", {language: s.language, task: s.task, format, sample_rate: OUT_RATE});
+    socket.emit("start_recording", Object.assign({language: s.language, task: s.task, format, sample_rate: OUT_RATE},
+                                                 extra || {}));
   }
 
   function restartSession() {
+    if (resumeToken && capture && capture.format === "pcm16") {
+      // The server keeps the session for a while: go on with it. recording_started says what audio it holds.
+      pending = unconfirmed.concat(pending);
+      pendingBytes = pending.reduce((n, item) => n + item.buffer.byteLength, 0);
+      unconfirmed = [];
+      setState("starting");
+      emitStart({resume: resumeToken, received_until: receivedUntil});
+      return;
+    }
     if (capture && capture.format === "pcm16") {
       // The lost session never committed this audio: send it again, ahead of what was captured meanwhile.
       pending = unconfirmed.concat(pending);
@@ -238,6 +252,15 @@
   function onStarted(data) {
     if (state !== "starting") return;
     clearTimeout(startTimer);
+    if (data && data.resumed) {
+      // Same session: the server has the audio up to audio_seconds; send the rest of what was captured.
+      skipPending(Math.round((sessionOffset + Number(data.audio_seconds || 0)) * OUT_RATE));
+    } else if (resumeToken) {
+      // The server no longer had it (or restarted): a new session, sent what the lost one had not committed.
+      sessionOffset = (pending.length ? pending[0].pos : captured) / OUT_RATE;
+      receivedUntil = 0;
+    }
+    resumeToken = (data && data.resume_token) || null;
     sessionId = data && data.session_id;
     setState("recording");
     if (!ui.status.classList.contains("warn")) {
@@ -259,6 +282,7 @@
   function onResult(data) {
     if (!data || !ours(data)) return;
     const text = (data.text || "").trim();
+    receivedUntil = Math.max(receivedUntil, Number(data.end || 0));
     if (text) {
       segments.push({text, start: sessionOffset + Number(data.start || 0), end: sessionOffset + Number(data.end || 0)});
     }
@@ -372,6 +396,22 @@
     pendingBytes = 0;
   }
 
+  /** Drop the pending PCM before recording position ``from`` (samples): the server already has it. */
+  function skipPending(from) {
+    const kept = [];
+    for (const item of pending) {
+      if (item.pos + item.samples <= from) continue;
+      if (item.pos >= from) {
+        kept.push(item);
+        continue;
+      }
+      const skip = from - item.pos;
+      kept.push({buffer: item.buffer.slice(skip * 2), samples: item.samples - skip, pos: from});
+    }
+    pending = kept;
+    pendingBytes = kept.reduce((n, item) => n + item.buffer.byteLength, 0);
+  }
+
   async function openMicrophone() {
     const s = settings();
     if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
@@ -473,6 +513,8 @@
     seq = 0;
     unconfirmed = [];
     sessionId = null;
+    resumeToken = null;
+    receivedUntil = 0;
     dropPending();
     // A new recording continues the text on screen; its timestamps follow the previous one's.
     const previousEnd = segments.length ? segments[segments.length - 1].end : 0;
@@ -532,6 +574,7 @@
     stopCapture();
     dropPending();
     sessionId = null;
+    resumeToken = null;
     setState("idle");
     render("");
     setStatus(message, kind);
@@ -608,6 +651,7 @@
     get socket() { return socket; },
     get sessionId() { return sessionId; },
     get format() { return capture ? capture.format : null; },
+    get resumeToken() { return resumeToken; },
     get segments() { return segments.map((s) => Object.assign({}, s)); },
   };
 
