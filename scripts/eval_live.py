@@ -449,7 +449,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     language = None if args.language == "auto" else args.language
     streams: list[Stream] = []
     if not args.variants_only:
-        streams += [load_stream(p) for p in corpus_files(folders, args.glob)]
+        files = corpus_files(folders, args.glob)
+        if args.model.endswith(".en"):  # an English-only model: the other languages are for a multilingual one
+            files = [p for p in files if language_of(p.stem) in (None, "en")]
+        streams += [load_stream(p) for p in files]
     if not args.no_variants:
         streams += variant_streams(SPEECH_DIR / "corpus")
     if not streams:
