@@ -19,7 +19,7 @@ from whisper_appliance.core.engines import create_engine, transcribe_all
 from whisper_appliance.core.model_store import ModelStore
 from whisper_appliance.core.records import SAMPLE_RATE, TranscribeOptions
 from whisper_appliance.core.streaming import SimulationResult, StreamingConfig, simulate
-from whisper_appliance.core.wer import word_error_rate
+from whisper_appliance.core.wer import word_error_rate, word_errors
 
 from ..conftest import MODELS_DIR, reference_text
 from ..fixtures_audio import convert
@@ -131,4 +131,42 @@ def test_speech_after_long_silence_is_transcribed_without_hallucinated_text(engi
     assert finals[0].start >= 9.5  # nothing was committed for the noise before the speech ...
     assert finals[-1].end <= 10 + speech.size / SAMPLE_RATE + 0.5  # ... nor after it
     assert all(te.event.start >= 9.5 for te in result.events if te.event.text)  # not even as a partial
+    check_protocol(result)
+
+
+def _eval_live():
+    """scripts/eval_live.py: the adversarial streams of the corpus evaluation are built there."""
+    import importlib.util
+    import sys
+
+    from ..conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("eval_live", ROOT / "scripts" / "eval_live.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("eval_live", module)  # its dataclasses look their module up by name
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+@pytest.mark.parametrize("gaps", ["pauses", "silence_10s"])
+def test_read_speech_with_pauses_commits_no_hallucination(engine, speech_dir, gaps):
+    """Five LJSpeech sentences read by one speaker with 1-3 s of room tone between them (or three with 10 s of
+    silence): tiny.en fills such pauses with "Thank you for watching", "I'll see you in the next video" and
+    loops of them. None of it may be committed, and the text must be as good as offline."""
+    ev = _eval_live()
+    rng = np.random.default_rng(11)
+    lj = [ev.load_stream(p) for p in sorted((speech_dir / "corpus" / "github").glob("en_ljspeech_LJ001-00*.wav"))]
+    if gaps == "pauses":
+        stream = ev.joined("pauses", lj[5:10], lambda i, r: ev.room_tone(r.uniform(1.0, 3.0), r), rng)
+    else:
+        stream = ev.joined("silence", lj[10:13], lambda i, r: np.zeros(10 * SAMPLE_RATE, np.float32), rng)
+    audio = ev.as_received(stream.audio, "pcm16")
+    offline = transcribe_all(engine, audio, OFFLINE).text
+    result = simulate(engine, audio, realtime=False, config=StreamingConfig(language="en"))
+    against_offline = word_errors(offline, result.text)
+    against_reference = word_errors(stream.reference, result.text)
+    print(f"\n{gaps}: WER live {against_reference.rate:.3f}, offline {word_error_rate(stream.reference, offline):.3f}; "
+          f"guards {dict(result.guards)}\n  live: {result.text}")
+    assert against_offline.insertion_runs == () and against_reference.insertion_runs == ()
+    assert against_reference.rate <= word_error_rate(stream.reference, offline) + WER_MARGIN
     check_protocol(result)
