@@ -473,7 +473,7 @@ def test_words_the_engine_places_in_a_pause_are_never_shown_or_committed():
 def test_a_failed_segment_over_speech_is_decoded_again_with_fallback_before_it_commits():
     # Recorded (continuous 5-minute stream): the end of a sonnet line at log probability -1.02.
     policy, final = closed_utterance(4.0)
-    unsure = recorded("and tender churl makes waste in niggarding.", 0.2, 3.8, lp=-1.02, ns=0.17, cr=0.83)
+    unsure = recorded("and tender churl makes waste in niggarding.", 0.0, 3.8, lp=-1.02, ns=0.17, cr=0.83)
     events = policy.apply(final, PassResult((unsure,), "en", 1.0), elapsed=0.3)
     assert finals(events) == []
     again = policy.next_pass()

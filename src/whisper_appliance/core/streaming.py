@@ -488,11 +488,12 @@ class StreamingPolicy:
         heard = self._heard(request, result)
         words = heard.words
         closed = bool(self._pending) and utt is self._pending[0]
-        if heard.undecided and request.final and closed and not request.fallback:
+        if heard.undecided is not None and request.final and closed and not request.fallback:
             # A segment that holds speech failed Whisper's own checks: decode the utterance again with Whisper's
-            # temperature fallback before anything of it is committed (what offline transcription does).
+            # temperature fallback before anything of it is committed (what offline transcription does). The
+            # partial on screen stays as it is meanwhile.
             utt.fallback = True
-            return self._set_partial(self._new_words(utt, request, words)[0])
+            return []
         loop_at = find_repetition_loop([word_key(w.word) for w in words])
         if loop_at is not None:
             self._loop_dropped(utt, words[loop_at:])
