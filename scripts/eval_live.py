@@ -5,7 +5,7 @@ against the same model's offline transcript of the same audio.
     python src/main.py eval-live                                  # ../shared/speech and its corpus/, tiny.en
     python src/main.py eval-live --variants-only                  # only the adversarial streams
     python src/main.py eval-live DIR --glob 'en_*' --jobs 2 --json out.json
-    python src/main.py eval-live --model base --language auto --glob '[!ed]*' --no-variants   # non-English
+    python src/main.py eval-live --model base --language auto --languages cs,nl,fr,es,de,sv,ja --no-variants
 
 Every stream runs through ``simulate`` on a virtual clock (``realtime=False``): the pass schedule is the one a live
 session at real-time pace gets (pass times are measured and counted; only idle waits are skipped), so latencies are
@@ -434,6 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", default="tiny.en")
     parser.add_argument("--language", default="file",
                         help="'file' (from the file name, the default), 'auto' (detect), or a code such as en")
+    parser.add_argument("--languages", help="only files in these languages (from their names), e.g. cs,nl,fr")
     parser.add_argument("--format", choices=("pcm16", "webm"), default="pcm16")
     parser.add_argument("--no-variants", action="store_true", help="skip the adversarial streams")
     parser.add_argument("--variants-only", action="store_true")
@@ -452,6 +453,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         files = corpus_files(folders, args.glob)
         if args.model.endswith(".en"):  # an English-only model: the other languages are for a multilingual one
             files = [p for p in files if language_of(p.stem) in (None, "en")]
+        if args.languages:
+            wanted = {x.strip() for x in args.languages.split(",")}
+            files = [p for p in files if language_of(p.stem) in wanted]
         streams += [load_stream(p) for p in files]
     if not args.no_variants:
         streams += variant_streams(SPEECH_DIR / "corpus")
