@@ -450,7 +450,7 @@ def test_the_tail_of_a_final_pass_decoded_as_a_window_of_its_own_is_never_commit
     policy, final = closed_utterance(4.0)
     real = recorded("Produced the block books which were the true printed book.", 0.1, 3.9, lp=-0.10, ns=0.01,
                     cr=1.14)
-    tail = recorded("Thank you very much for watching, I'll see you in the next video, bye bye bye", 3.9, 4.04,
+    tail = recorded("Thank you very much for watching, I'll see you in the next video," + " bye" * 60, 3.9, 4.04,
                     lp=-0.21, ns=0.55, cr=11.16, window_start=3.9)
     helps = recorded("helps.", 3.96, 4.1, lp=-0.94, ns=0.31, cr=0.43, window_start=3.95)  # no other sign
     events = policy.apply(final, PassResult((real, tail, helps), "en", 1.0), elapsed=0.2)
@@ -496,8 +496,8 @@ def test_a_failed_segment_without_speech_is_dropped_without_a_second_decode():
 
 def test_a_looping_segment_is_dropped_even_after_the_fallback():
     policy, final = closed_utterance(4.0)
-    loop = recorded("this is the first one, but it's the first one, but it's the first one, but it's the first",
-                    0.1, 3.9, lp=-0.34, ns=0.36, cr=16.64)
+    loop = recorded("This is the first one, but it's the first one," + " it's the first one," * 20, 0.1, 3.9,
+                    lp=-0.34, ns=0.36, cr=16.64)
     policy.apply(final, PassResult((loop,), "en", 1.0), elapsed=0.2)
     again = policy.next_pass()
     assert again.fallback

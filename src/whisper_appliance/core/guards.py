@@ -44,6 +44,7 @@ NO_SPEECH_THRESHOLD = 0.6
 MAX_WORDS_PER_SECOND = 10.0
 MIN_WORDS_FOR_RATE = 4
 REMAINDER_MAX_S = 1.0  # a later decoding window shorter than this is the tail of a pass: see ``remainder_tail``
+FUZZY_LOOP_MIN = 6     # phrases this long said again with one word in six changed are loops too
 
 
 @dataclass(frozen=True)
@@ -110,11 +111,11 @@ def words_per_second(segment: Segment) -> float:
 def signals_fail(segment: Segment) -> str | None:
     """Why Whisper's own signals say this segment was not heard, or None when they do not.
 
-    The compression ratio is the engine's (over its decoding window) or, when higher, the segment text's own: a
-    window holding real words and one looping segment may average out.
+    The compression ratio is the segment text's own. The engine's is its whole window's, shared by every segment
+    of it: real speech that says "words, words, words" next to one looping segment lifts it for all of them, so it
+    is a reason to decode again (``window_repeats``), not to drop each segment.
     """
-    ratio = max(segment.compression_ratio, compression_ratio(segment.text.strip()))
-    if ratio > COMPRESSION_RATIO_THRESHOLD:
+    if compression_ratio(segment.text.strip()) > COMPRESSION_RATIO_THRESHOLD:
         return "compression"
     if segment.no_speech_prob > NO_SPEECH_THRESHOLD and segment.avg_logprob < LOGPROB_THRESHOLD:
         return "no_speech"
@@ -123,6 +124,12 @@ def signals_fail(segment: Segment) -> str | None:
     if words_per_second(segment) > MAX_WORDS_PER_SECOND:
         return "rate"
     return None
+
+
+def window_repeats(segment: Segment) -> bool:
+    """Whether the window this segment was decoded in repeats itself (the engine's compression ratio over it):
+    something in it loops, though maybe not this segment."""
+    return segment.compression_ratio > COMPRESSION_RATIO_THRESHOLD
 
 
 def remainder_tail(segment: Segment, pass_start: float, pass_end: float) -> bool:
@@ -142,15 +149,6 @@ def remainder_tail(segment: Segment, pass_start: float, pass_end: float) -> bool
 # Loops
 
 
-def _repeats_at(keys: Sequence[str], start: int, n: int) -> int:
-    """How many times the n-gram at ``start`` occurs back to back from there."""
-    gram = keys[start:start + n]
-    count = 1
-    while keys[start + count * n:start + (count + 1) * n] == gram:
-        count += 1
-    return count
-
-
 def _is_loop(n: int, repeats: int) -> bool:
     """Back-to-back repeats that people do not say: a word 7 times ("uh uh uh uh uh uh" and "words words words
     words" are in the corpus as real speech), two words 4 times, a phrase of three or more words twice."""
@@ -167,25 +165,64 @@ def _primitive(gram: Sequence[str]) -> bool:
     return not any(n % d == 0 and list(gram) == list(gram[:d]) * (n // d) for d in range(1, n // 2 + 1))
 
 
+def _edit_distance(a: Sequence[str], b: Sequence[str], limit: int) -> int:
+    """Word edit distance, or ``limit + 1`` as soon as it must exceed ``limit``."""
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, start=1):
+        cur = [i] + [0] * len(b)
+        for j, y in enumerate(b, start=1):
+            cur[j] = min(prev[j - 1] + (x != y), prev[j] + 1, cur[j - 1] + 1)
+        if min(cur) > limit:
+            return limit + 1
+        prev = cur
+    return prev[-1]
+
+
+def _near_repeat(keys: Sequence[str], start: int, n: int) -> bool:
+    """A phrase of ``FUZZY_LOOP_MIN`` words or more said again at once with one word in ``FUZZY_LOOP_MIN``
+    changed, added or left out: how Whisper often loops over real speech ("and here are some more words, words,
+    words, words. And here are some more words, words, words."). Shorter phrases must repeat exactly: "some
+    words and here are some more words" is real speech."""
+    if n < FUZZY_LOOP_MIN:
+        return False
+    gram = keys[start:start + n]
+    allowed = n // FUZZY_LOOP_MIN
+    for m in (n, n - 1, n + 1):
+        nxt = keys[start + n:start + n + m]
+        if len(nxt) == m and nxt[0] == gram[0] and _edit_distance(gram, nxt, allowed) <= allowed:
+            return True
+    return False
+
+
 def find_repetition_loop(keys: Sequence[str], *, new_from: int = 0, max_ngram: int = 40) -> int | None:
     """Index where a repetition loop's second occurrence starts (the first was probably really said), or None.
 
-    Any n-gram length up to ``max_ngram`` words, back to back within ``keys`` (a pass's segments joined). Words
-    before ``new_from`` are already committed: a loop that began there is reported from ``new_from`` on, and one
-    that ended there is no concern of the new words.
+    Any n-gram length up to ``max_ngram`` words, back to back within ``keys`` (a pass's segments joined), exactly
+    or, for phrases of ``FUZZY_LOOP_MIN`` words or more, nearly. Words before ``new_from`` are already committed: a
+    loop that began there is reported from ``new_from`` on, and one that ended there is no concern of the new
+    words. Linear in ``len(keys)`` per n-gram length (it runs on every pass).
     """
+    size = len(keys)
     best: int | None = None
-    for n in range(1, min(max_ngram, len(keys) // 2) + 1):
-        for start in range(0, len(keys) - 2 * n + 1):
-            if best is not None and max(start + n, new_from) >= best:
+    for n in range(1, min(max_ngram, (size + 1) // 2) + 1):
+        # same[i]: for how many positions from i on a word equals the word n later (a copy of length n at i
+        # means same[i] >= n; k copies, same[i] >= (k - 1) * n).
+        same = [0] * (size + 1)
+        for i in range(size - n - 1, -1, -1):
+            same[i] = same[i + 1] + 1 if keys[i] and keys[i] == keys[i + n] else 0
+        for start in range(0, size - 2 * n + 2):
+            cut = max(start + n, new_from)
+            if best is not None and cut >= best:
                 break
-            gram = keys[start:start + n]
-            if not all(gram) or keys[start + n:start + 2 * n] != gram or not _primitive(gram):
+            if same[start] >= n:
+                repeats = 1 + same[start] // n
+                if start + repeats * n <= new_from or not _is_loop(n, repeats):
+                    continue
+            elif not (same[start] and start + 2 * n > new_from and _near_repeat(keys, start, n)):
                 continue
-            repeats = _repeats_at(keys, start, n)
-            if start + repeats * n <= new_from or not _is_loop(n, repeats):
+            if not _primitive(keys[start:start + n]):
                 continue
-            best = max(start + n, new_from)
+            best = cut
             break
     return best
 

@@ -57,6 +57,7 @@ from .guards import (
     is_hallucination,
     remainder_tail,
     signals_fail,
+    window_repeats,
 )
 from .records import SAMPLE_RATE, TASKS, Segment, TranscribeOptions, Word
 from .vad import SileroVoiceActivityDetector, VoiceActivityDetector
@@ -602,6 +603,10 @@ class StreamingPolicy:
                 if reason in _UNDECIDED and held >= _FALLBACK_MIN_SPEECH_S and undecided is None:
                     undecided = seg.start
                 continue
+            if window_repeats(seg) and not request.fallback and undecided is None:
+                # Something in this segment's decoding window loops (the loop guard may not see it): decode it
+                # again with fallback before committing from here on, but show its words meanwhile.
+                undecided = seg.start
             seg_words = [w for w in (seg.words or (Word(seg.start, seg.end, seg.text, 0.0),)) if word_key(w.word)]
             kept = [w for w in seg_words if in_speech(w, speech, slack=_SPEECH_SLACK_S)]
             if len(kept) < len(seg_words):
