@@ -16,6 +16,7 @@ from whisper_appliance.core.guards import (
     find_repetition_loop,
     in_speech,
     is_hallucination,
+    repeated_phrase,
     signals_fail,
     speech_words,
     window_repeats,
@@ -150,6 +151,19 @@ def test_a_loop_going_on_from_the_committed_words_is_cut_where_the_new_words_sta
     assert find_repetition_loop(keys, new_from=len(committed)) == len(committed)
     # A loop wholly inside the committed words is not the new words' concern.
     assert find_repetition_loop("a b c a b c d e f".split(), new_from=6) is None
+
+
+def test_six_words_said_again_after_other_words_are_a_repeat():
+    # Recorded (diar_pyannote_sample): a fallback decode went back over text it had already said, all committed.
+    committed = ("well there isnt that much difference at least you know they all call me a yankee down here so i dont "
+                 "hear that in new jersey now").split()
+    new = "well there isnt that much difference at least know you know".split()
+    assert repeated_phrase(committed + new, new_from=len(committed)) == len(committed)
+    assert repeated_phrase("a b c d e f g h a b c d e".split()) is None   # five words again: could be speech
+    new_part = "we met on monday the plan was agreed and then on friday the plan was agreed".split()
+    assert repeated_phrase(new_part) is None
+    looping = "and here are some more words and i should be all thanks and here are some more words".split()
+    assert repeated_phrase(looping) == 12
 
 
 def test_a_pass_that_starts_by_re_saying_the_committed_tail_is_an_echo():

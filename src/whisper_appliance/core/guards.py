@@ -13,7 +13,8 @@ function over a pass's segments and words, independent of any phrase Whisper hap
 * ``remainder_tail``: a segment from the short window Whisper decodes after its first one, over what the first
   decode left of the audio (see below).
 * ``find_repetition_loop``: an n-gram of any length repeated back to back, within a pass and across its
-  segments; ``committed_echo``: a pass that starts by saying the most recently committed words again.
+  segments; ``repeated_phrase``: six words said again after other words; ``committed_echo``: a pass that starts
+  by saying the most recently committed words again.
 * ``is_hallucination``: the classic non-speech phrases, matched only when another sign says low speech; a last
   resort behind the general defences above.
 
@@ -45,6 +46,7 @@ MAX_WORDS_PER_SECOND = 10.0
 MIN_WORDS_FOR_RATE = 4
 REMAINDER_MAX_S = 1.0  # a later decoding window shorter than this is the tail of a pass: see ``remainder_tail``
 FUZZY_LOOP_MIN = 6     # phrases this long said again with one word in six changed are loops too
+REPEAT_MIN_WORDS = 6   # ... and said again after other words (``repeated_phrase``)
 
 
 @dataclass(frozen=True)
@@ -225,6 +227,24 @@ def find_repetition_loop(keys: Sequence[str], *, new_from: int = 0, max_ngram: i
             best = cut
             break
     return best
+
+
+def repeated_phrase(keys: Sequence[str], *, new_from: int = 0, min_words: int = REPEAT_MIN_WORDS) -> int | None:
+    """Where the words from ``new_from`` on first say again a phrase of ``min_words`` words that ``keys`` already
+    held, anywhere before: a decode that went back and said earlier text a second time, with other words between
+    (which ``find_repetition_loop`` does not see), or None.
+
+    Recorded: a fallback decode of the end of a conversation said "... so I don't hear that in New Jersey now.
+    Well there isn't that much difference, at least you know they all call me a Yankee down here" again after
+    having said it, all of it committed already. People rarely say six words again within a few sentences.
+    """
+    seen: dict[tuple[str, ...], int] = {}
+    for i in range(len(keys) - min_words + 1):
+        gram = tuple(keys[i:i + min_words])
+        if i >= new_from and gram in seen:
+            return i
+        seen.setdefault(gram, i)
+    return None
 
 
 def committed_echo(committed: Sequence[str], keys: Sequence[str], *, min_words: int = 3) -> int:

@@ -56,6 +56,7 @@ from .guards import (
     in_speech,
     is_hallucination,
     remainder_tail,
+    repeated_phrase,
     signals_fail,
     window_repeats,
 )
@@ -567,6 +568,9 @@ class StreamingPolicy:
             log.info("utterance %d: dropped %r, the committed text said again", utt.id, join_words(tail[:echo]))
             tail, tail_keys = tail[echo:], tail_keys[echo:]
         loop_at = find_repetition_loop([*history, *tail_keys], new_from=len(history))
+        again = repeated_phrase([*history, *tail_keys], new_from=len(history))
+        if again is not None and (loop_at is None or again < loop_at):
+            loop_at = again
         if loop_at is not None:
             cut = loop_at - len(history)
             self._loop_dropped(utt, tail[cut:])
