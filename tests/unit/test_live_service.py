@@ -27,6 +27,7 @@ from whisper_appliance.core.errors import (
     PayloadTooLarge,
     RateLimited,
 )
+from whisper_appliance.core.identity import GUEST
 from whisper_appliance.core.records import LanguageDetection, Segment, TranscribeOptions, TranscriptionInfo, Word
 from whisper_appliance.core.streaming import StreamingConfig, StreamingPolicy
 from whisper_appliance.core.vad import VoiceActivityDetector
@@ -401,36 +402,36 @@ def test_pcm_stream_resamples_continuously():
 
 def test_open_limits_and_conflicts(env):
     live = env.live
-    s1 = live.open("a", {"format": "pcm16"})
+    s1 = live.open("a", {"format": "pcm16"}, GUEST)
     with pytest.raises(Conflict) as info:
-        live.open("a", {"format": "pcm16"})
+        live.open("a", {"format": "pcm16"}, GUEST)
     assert info.value.code == "already_recording"
-    live.open("b", {"format": "pcm16"})
+    live.open("b", {"format": "pcm16"}, GUEST)
     with pytest.raises(RateLimited) as info:
-        live.open("c", {"format": "pcm16"})
+        live.open("c", {"format": "pcm16"}, GUEST)
     assert info.value.code == "too_many_sessions"
     assert live.count() == 2
     live.close("a")
     assert live.count() == 1
     assert s1.source._closed  # type: ignore[attr-defined]
-    live.open("c", {"format": "pcm16"})
+    live.open("c", {"format": "pcm16"}, GUEST)
     assert live.count() == 2
 
 
 def test_open_refuses_when_no_model_or_wrong_language(env):
     env.models.state = "loading"
     with pytest.raises(ModelUnavailable):
-        env.live.open("a", {"format": "pcm16"})
+        env.live.open("a", {"format": "pcm16"}, GUEST)
     env.models.state = "ready"
     with pytest.raises(InvalidInput) as info:
-        env.live.open("a", {"format": "pcm16", "language": "de"})  # tiny.en is English-only
+        env.live.open("a", {"format": "pcm16", "language": "de"}, GUEST)  # tiny.en is English-only
     assert info.value.code == "invalid_language"
     assert env.live.count() == 0
 
 
 def test_session_streams_partials_and_finals_then_saves(env):
     live = env.live
-    session = live.open("sid", {"format": "pcm16"})
+    session = live.open("sid", {"format": "pcm16"}, GUEST)
     words = [3, 1, 4, 1, 5, 9, 2, 6]
     rec = stream(live, "sid", speech(words))
 
@@ -455,7 +456,7 @@ def test_session_streams_partials_and_finals_then_saves(env):
 
 def test_silence_emits_nothing_and_saves_nothing(env):
     live = env.live
-    live.open("sid", {"format": "pcm16"})
+    live.open("sid", {"format": "pcm16"}, GUEST)
     rng = np.random.default_rng(0)
     audio = np.concatenate([np.zeros(5 * SR, np.float32), (0.002 * rng.standard_normal(5 * SR)).astype(np.float32)])
     rec = stream(live, "sid", audio, chunk_s=1.0)
@@ -467,7 +468,7 @@ def test_silence_emits_nothing_and_saves_nothing(env):
 
 
 def test_feed_after_stop_is_refused(env):
-    session = env.live.open("sid", {"format": "pcm16"})
+    session = env.live.open("sid", {"format": "pcm16"}, GUEST)
     env.live.stop("sid")
     with pytest.raises(InvalidInput) as info:
         session.feed(b"\x00\x00")
@@ -478,7 +479,7 @@ def test_feed_after_stop_is_refused(env):
 
 def test_disconnect_mid_session_frees_audio_and_saves_committed_text(env):
     live = env.live
-    session = live.open("sid", {"format": "pcm16"})
+    session = live.open("sid", {"format": "pcm16"}, GUEST)
     rec = Recorder()
     loop = threading.Thread(target=session.run, args=(rec, lambda s: time.sleep(0.001)))
     loop.start()
@@ -500,7 +501,7 @@ def test_disconnect_mid_session_frees_audio_and_saves_committed_text(env):
 
 def test_a_scheduler_lane_is_reserved_while_a_session_is_open(env):
     assert env.scheduler.reserve() is False
-    env.live.open("sid", {"format": "pcm16"})
+    env.live.open("sid", {"format": "pcm16"}, GUEST)
     assert env.scheduler.reserve() is True
     wakes = env.scheduler.wakes
     env.live.close("sid")
@@ -509,7 +510,7 @@ def test_a_scheduler_lane_is_reserved_while_a_session_is_open(env):
 
 
 def test_close_of_a_session_whose_loop_never_ran(env):
-    session = env.live.open("sid", {"format": "pcm16"})
+    session = env.live.open("sid", {"format": "pcm16"}, GUEST)
     summary = env.live.close("sid")
     assert summary is not None and summary.text == "" and summary.history_id is None
     assert session.source._closed  # type: ignore[attr-defined]
@@ -519,7 +520,7 @@ def test_close_of_a_session_whose_loop_never_ran(env):
 
 def test_decoder_failure_ends_session_and_connection_can_start_again(tmp_path):
     e = make_env(Settings(data_dir=tmp_path), source_factory=lambda params: FakeSource())
-    session = e.live.open("sid", {"format": "webm"})
+    session = e.live.open("sid", {"format": "webm"}, GUEST)
     session.feed(b"GARBAGE bytes that are not webm")
     rec = Recorder()
     session.run(rec, lambda s: None)
@@ -527,13 +528,13 @@ def test_decoder_failure_ends_session_and_connection_can_start_again(tmp_path):
     assert errors and errors[0]["code"] == "decode_failed" and "EBML" in errors[0]["message"]
     assert rec.events[-1][0] == "recording_stopped"
     assert session.source.closed and e.live.count() == 0
-    again = e.live.open("sid", {"format": "webm"})
+    again = e.live.open("sid", {"format": "webm"}, GUEST)
     assert again.id != session.id
 
 
 def test_failed_passes_are_reported_then_end_the_session(env):
     live = env.live
-    live.open("sid", {"format": "pcm16"})
+    live.open("sid", {"format": "pcm16"}, GUEST)
     env.scheduler.fail = ModelUnavailable("model is loading")
     session = live.get("sid")
     session.feed(pcm16(speech([1, 2, 3], tail_silence=2.0)))
@@ -546,7 +547,7 @@ def test_failed_passes_are_reported_then_end_the_session(env):
 
 def test_session_limit_stops_with_a_final_flush(tmp_path):
     e = make_env(Settings(data_dir=tmp_path, live_max_session_seconds=2))
-    e.live.open("sid", {"format": "pcm16"})
+    e.live.open("sid", {"format": "pcm16"}, GUEST)
     rec = stream(e.live, "sid", speech([1, 2, 3, 4, 5, 6], tail_silence=0.0), stop=False)
     errors = rec.named("transcription_error")
     assert [p["code"] for p in errors] == ["session_limit"]
@@ -566,7 +567,7 @@ def test_legacy_selection(env):
     numbered = parse_chunk({"audio_data": b"\x00\x00", "seq": 5}, 1000)
     assert env.live.is_legacy("sid", chunk)
     assert not env.live.is_legacy("sid", numbered)  # a stray streaming chunk, not a recording
-    env.live.open("sid", {"format": "pcm16"})
+    env.live.open("sid", {"format": "pcm16"}, GUEST)
     assert not env.live.is_legacy("sid", chunk)
 
 
@@ -574,7 +575,7 @@ def test_legacy_recording_is_transcribed_and_saved(env):
     buf = io.BytesIO()
     sf.write(buf, speech([4, 2]), SR, format="WAV", subtype="PCM_16")
     chunk = env.live.admit_chunk("sid", {"audio_data": buf.getvalue()})
-    result = env.live.transcribe_recording(chunk)
+    result = env.live.transcribe_recording(chunk, GUEST)
     assert result.transcript.text == "w4 w2"
     assert result.history_id == 1 and env.history.entries[0]["source"] == "live"
     assert env.scheduler.priorities == [Priority.INTERACTIVE]
@@ -583,12 +584,12 @@ def test_legacy_recording_is_transcribed_and_saved(env):
 def test_legacy_garbage_is_a_decode_error(env):
     chunk = env.live.admit_chunk("sid", {"audio_data": np.random.default_rng(1).bytes(4000)})
     with pytest.raises((AudioDecodeError, InvalidInput)):
-        env.live.transcribe_recording(chunk)
+        env.live.transcribe_recording(chunk, GUEST)
     assert env.history.entries == []
 
 
 def test_loop_started_after_a_close_does_nothing(env):
-    session = env.live.open("sid", {"format": "pcm16"})
+    session = env.live.open("sid", {"format": "pcm16"}, GUEST)
     env.live.close("sid")
     rec = Recorder()
     summary = session.run(rec, lambda s: None)

@@ -15,7 +15,8 @@ Events the loop emits (the Socket.IO protocol's server side):
 ``transcription_partial {session_id, text, start, end}``, ``transcription_result {session_id, text, start, end,
 words: [{word, start, end}], final: true, language}``, ``transcription_error {code, message}`` and, once,
 ``recording_stopped {session_id, text, duration, history_id}``. Committed text is saved to history (source
-``live``) when a session ends, also when the client disconnects; only the server writes those entries.
+``live``, owned by the principal that opened the session) when a session ends, also when the client disconnects;
+only the server writes those entries.
 
 ``transcribe_recording`` is the seed's legacy path: one chunk holding a whole recording, transcribed at once.
 Nothing here imports Flask or Socket.IO.
@@ -38,12 +39,15 @@ import numpy as np
 
 from ..core import concurrency
 from ..core.audio import StreamDecoder, decode_audio, pcm16_to_float32
+from ..core.config import Settings
 from ..core.errors import ApplianceError, AudioDecodeError, Conflict, InvalidInput, PayloadTooLarge, RateLimited
+from ..core.identity import Principal
 from ..core.options import check_language_for_model, parse_language, parse_options
 from ..core.records import SAMPLE_RATE, TASKS, Segment, TranscribeOptions, Transcript, TranscriptionInfo
 from ..core.streaming import PassRequest, StreamEvent, StreamingConfig, StreamingPolicy, run_pass
+from .dependencies import EventSink, InferenceQueue, ModelStatusSource
 from .scheduler import Priority
-from .transcription import TranscriptionResult
+from .transcription import TranscriptionResult, TranscriptionService
 
 log = logging.getLogger(__name__)
 
@@ -274,9 +278,10 @@ class LiveSession:
     """One client's dictation: audio front end, streaming policy and the loop that runs its passes."""
 
     def __init__(self, owner: LiveSessions, sid: str, params: LiveParams, model: str,
-                 policy: StreamingPolicy, source: AudioSource) -> None:
+                 policy: StreamingPolicy, source: AudioSource, principal: Principal) -> None:
         self.id = uuid.uuid4().hex
         self.sid = sid
+        self.principal = principal  # whose history the session is saved to
         self.params = params
         self.model = model
         self.policy = policy
@@ -512,7 +517,8 @@ def default_source(params: LiveParams) -> AudioSource:
 class LiveSessions:
     """Every open live session, keyed by connection sid, and the limits that apply to them."""
 
-    def __init__(self, settings: Any, models: Any, scheduler: Any, transcription: Any, events: Any = None, *,
+    def __init__(self, settings: Settings, models: ModelStatusSource, scheduler: InferenceQueue,
+                 transcription: TranscriptionService, events: EventSink | None = None, *,
                  policy_factory: PolicyFactory = default_policy, source_factory: SourceFactory = default_source,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
@@ -530,8 +536,9 @@ class LiveSessions:
         scheduler.reserve_lane_while(lambda: self.count() > 0)
 
     # -- registry ----------------------------------------------------------------------------------------------
-    def open(self, sid: str, params: LiveParams | dict[str, Any] | None) -> LiveSession:
-        """Start a session for connection ``sid``: 409 when it already records, 429 beyond LIVE_MAX_SESSIONS."""
+    def open(self, sid: str, params: LiveParams | dict[str, Any] | None, principal: Principal) -> LiveSession:
+        """Start ``principal``'s session for connection ``sid``: 409 when it already records, 429 beyond
+        LIVE_MAX_SESSIONS."""
         if not isinstance(params, LiveParams):
             params = parse_live_params(params)
         status = self.transcription.ready_model()
@@ -553,7 +560,7 @@ class LiveSessions:
             with self._lock:
                 self._active.pop(sid, None)
             raise
-        session = LiveSession(self, sid, params, status.name, policy, source)
+        session = LiveSession(self, sid, params, status.name, policy, source, principal)
         with self._lock:
             self._active[sid] = session
         log.info("live session %s started (%s, language %s, model %s)", session.id, params.format,
@@ -637,14 +644,15 @@ class LiveSessions:
         transcript = session.transcript(text)
         result = concurrency.wait_blocking(
             self.transcription.record, transcript, None, source="live", filename=None, audio_sha256=None,
-            processing_seconds=session.compute_seconds,
+            processing_seconds=session.compute_seconds, owner_id=session.principal.user_id,
             metadata={"live": True, "format": session.params.format, "passes": session.policy.passes,
                       "session_id": session.id})
         return result.history_id
 
     # -- the legacy whole-recording path -----------------------------------------------------------------------
-    def transcribe_recording(self, chunk: Chunk) -> TranscriptionResult:
-        """One message holding a whole recording (webm, wav, ...): decode, transcribe now, save as ``live``."""
+    def transcribe_recording(self, chunk: Chunk, principal: Principal) -> TranscriptionResult:
+        """One message holding a whole recording (webm, wav, ...): decode, transcribe now, save as ``live`` in
+        ``principal``'s history."""
         options = parse_options(chunk.legacy_options, TranscribeOptions(beam_size=5))
         status = self.transcription.ready_model()
         check_language_for_model(options, status.name)
@@ -656,5 +664,5 @@ class LiveSessions:
                                              label="live:recording")
         transcript = self.scheduler.wait(ticket)
         return self.transcription.record(transcript, options, source="live", filename=None, audio_sha256=None,
-                                         processing_seconds=time.monotonic() - started,
+                                         processing_seconds=time.monotonic() - started, owner_id=principal.user_id,
                                          metadata={"live": True, "legacy": True, "size_bytes": len(chunk.data)})
