@@ -30,7 +30,7 @@ from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from werkzeug.exceptions import HTTPException
 
-from .core.errors import ApplianceError, Forbidden, InvalidInput, Unauthorized
+from .core.errors import ApplianceError, Forbidden, NotFound, Unauthorized
 from .core.identity import GUEST, GUEST_NAME, OwnerFilter, Principal
 from .services.auth import csrf_matches, parse_bearer
 
@@ -156,9 +156,11 @@ def owner_filter() -> OwnerFilter | None:
     if value == GUEST_NAME:
         return OwnerFilter(None)
     accounts = appliance().accounts
-    user = accounts.get_user(int(value)) if value.isdigit() else accounts.find_user(value)
+    user = accounts.find_user(value)
+    if user is None and value.isdigit() and len(value) < 19:
+        user = next((u for u in accounts.list_users() if u.id == int(value)), None)
     if user is None:
-        raise InvalidInput(f"no user {value!r}", code="unknown_user")
+        raise NotFound(f"no user {value!r}", code="unknown_user")
     return OwnerFilter(user.id)
 
 

@@ -425,7 +425,7 @@ def history_paths() -> dict[str, Any]:
         "/api/history": {"get": operation(
             "historySearch", "history", "Search and page through the history",
             {200: ok("One page of entries, newest first.", schema("HistoryPage"))},
-            security=OPEN, errors=(400,), parameters=[
+            security=OPEN, errors=(400, 403, 404), parameters=[
                 query("q", "full-text search (words, \"phrases\", a trailing * for a prefix)"),
                 query("source", "only entries from this source", enum=list(HISTORY_SOURCES)),
                 query("language", "language code"),
@@ -455,7 +455,7 @@ def history_paths() -> dict[str, Any]:
             "historyExport", "history", "The whole history as JSON or CSV (streamed)",
             {200: ok("The export file (an attachment).", content={
                 **json_content({"type": "array", "items": schema("HistoryEntry")}), **text_content("text/csv")})},
-            security=OPEN, errors=(400, 403), parameters=[
+            security=OPEN, errors=(400, 403, 404), parameters=[
                 query("format", "json (default) or csv", enum=["json", "csv"]), user_param])},
         "/api/history/import": {"post": operation(
             "historyImport", "history", "Import entries exported by this or another appliance",
@@ -483,7 +483,7 @@ def history_paths() -> dict[str, Any]:
                 "by_model": {"type": "object", "additionalProperties": {"type": "integer"}},
                 "by_day": {"type": "object", "additionalProperties": {"type": "integer"}}},
                 ("entries", "audio_hours", "processing_hours", "by_source", "by_model", "by_day")))},
-            security=OPEN, errors=(400, 403), parameters=[query("days", "days in by_day (default 30)", "integer",
+            security=OPEN, errors=(400, 403, 404), parameters=[query("days", "days in by_day (default 30)", "integer",
                                                                  minimum=1, maximum=MAX_STATS_DAYS), user_param])},
         "/api/admin/backup": {"get": operation(
             "adminBackup", "admin", "Download a consistent copy of the database",
@@ -513,7 +513,7 @@ def jobs_paths() -> dict[str, Any]:
                 {200: ok("One page of jobs.", obj({"jobs": {"type": "array", "items": schema("Job")},
                                                    "limit": {"type": "integer"}, "offset": {"type": "integer"}},
                                                   ("jobs", "limit", "offset")))},
-                security=OPEN, errors=(400, 403), parameters=[
+                security=OPEN, errors=(400, 403, 404), parameters=[
                     query("status", "only jobs in this state", enum=list(JOB_STATUSES)),
                     query("limit", "page size (default 50)", "integer", minimum=1, maximum=500),
                     query("offset", "jobs to skip", "integer", minimum=0),
