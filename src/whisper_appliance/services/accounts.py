@@ -370,6 +370,8 @@ class Accounts:
             raise Conflict("You cannot change your own role or disable yourself; ask another admin.",
                            code="cannot_change_yourself")
         password_hash = hash_password(self.check_password(password, user.username)) if password is not None else None
+        # Disabling ends every connection acting for the account (personal tokens and API_KEYS included).
+        ended: list[str] = self.connections_of(user.id) if disabled and not user.disabled else []
         with self.db.write() as conn:
             if role is not None:
                 conn.execute("UPDATE users SET role = ? WHERE id = ?", (role, user.id))
@@ -378,12 +380,9 @@ class Accounts:
             if password_hash is not None:
                 conn.execute("UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user.id))
             self._keep_an_admin(conn)
-            ended: list[str] = []
             if password_hash is not None or disabled:
-                ended = self._end_logins(conn, user.id)
+                ended.extend(self._end_logins(conn, user.id))
             updated = self._get(conn, user.id)
-        if disabled:
-            ended.extend(self._credentials_of(user.id))  # personal tokens stop working too: close their sockets
         log.info("user %r changed by %r: %s", user.username, actor.username,
                  ", ".join(name for name, value in (("role", role), ("disabled", disabled), ("password", password))
                            if value is not None))
