@@ -372,3 +372,25 @@ def test_registration_when_allowed(start_server):
                   timeout=30).status_code == 409
     r = s.post(srv.url("/api/auth/register"), json={"username": "second", "password": "short"}, timeout=30)
     assert r.status_code == 400 and r.json()["error"]["code"] == "weak_password"
+
+
+# -- upgrading ---------------------------------------------------------------------------------------------------
+def test_a_server_from_before_accounts_upgrades_with_its_data(start_server, tmp_path):
+    """A data folder written by version 4 (database schema 4, auth.json format 1): the real server starts on it."""
+    from tests.unit.test_upgrade import OLD_PASSWORD, OLD_TOKEN, write_version_4_install
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    write_version_4_install(data_dir)
+    srv = start_server(wait_ready=False, tmp=tmp_path, WHISPER_MODEL="medium", ADMIN_PASSWORD="")
+    assert "Admin password generated" not in srv.log()
+    guest = srv.session()
+    assert guest.get(srv.url("/api/history"), params={"q": "payment"}, timeout=10).json()["total"] == 1
+    assert guest.get(srv.url("/api/jobs/j1"), timeout=10).json()["history_id"] == 1
+    admin = login(srv, "admin", OLD_PASSWORD)
+    assert admin.get(srv.url("/api/history"), timeout=10).json()["total"] == 2
+    assert srv.session(token=OLD_TOKEN).get(srv.url("/api/admin/settings"), timeout=10).status_code == 200
+    assert b"admin_password" not in (data_dir / "auth.json").read_bytes()
+    srv.stop()
+    srv.start(wait_ready=False)  # and a second start changes nothing
+    assert login(srv, "admin", OLD_PASSWORD).get(srv.url("/api/history"), timeout=10).json()["total"] == 2
