@@ -39,8 +39,10 @@ from whisper_appliance.services.live import (
     parse_chunk,
     parse_live_params,
 )
-from whisper_appliance.services.scheduler import Priority, iterate_steps
+from whisper_appliance.services.scheduler import Priority
 from whisper_appliance.services.transcription import TranscriptionService
+
+from .fakes import FakeModels, InlineScheduler
 
 SR = 16_000
 WORD_S = 0.4
@@ -128,58 +130,6 @@ class ToneEngine(Engine):
 
 
 @dataclass
-class FakeTicket:
-    work: Any
-    steps: Any = None
-
-
-class FakeScheduler:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.priorities: list[Priority] = []
-        self.fail: Exception | None = None
-        self.reserve = lambda: False
-        self.wakes = 0
-
-    def reserve_lane_while(self, predicate):
-        self.reserve = predicate
-
-    def wake(self):
-        self.wakes += 1
-
-    def submit(self, work, priority=Priority.INTERACTIVE, *, label="work"):
-        self.priorities.append(priority)
-        return FakeTicket(work)
-
-    def submit_steps(self, steps, priority=Priority.JOB, *, label="job", remaining=None):
-        self.priorities.append(priority)
-        return FakeTicket(None, steps)
-
-    def wait(self, ticket, timeout=None):
-        if self.fail is not None:
-            raise self.fail
-        if ticket.steps is not None:
-            return iterate_steps(ticket.steps(self.engine))
-        return ticket.work(self.engine)
-
-
-@dataclass
-class Status:
-    name: str = "tiny.en"
-    engine: str = "faster-whisper"
-    state: str = "ready"
-    error: str | None = None
-
-
-class FakeModels:
-    def __init__(self) -> None:
-        self.state = "ready"
-
-    def status(self):
-        return Status(state=self.state)
-
-
-@dataclass
 class Added:
     id: int
 
@@ -237,8 +187,8 @@ def env(tmp_path):
 
 def make_env(settings: Settings, *, source_factory=None):
     engine = ToneEngine()
-    scheduler = FakeScheduler(engine)
-    models = FakeModels()
+    scheduler = InlineScheduler(engine)
+    models = FakeModels(name="tiny.en", engine_name="faster-whisper")
     history = FakeHistory()
     transcription = TranscriptionService(settings, models, scheduler, history)  # type: ignore[arg-type]
     kwargs = {}
