@@ -630,8 +630,12 @@ def auth_paths() -> dict[str, Any]:
             security=PUBLIC, errors=(400, 401, 403),
             body=body_of({"username": text, "password": text}, ("username", "password")))},
         "/api/auth/logout": {"post": operation(
-            "logout", "auth", "End this login (a copied cookie stops working too)",
-            {200: ok("Logged out.", obj({"logged_out": {"type": "boolean"}}, ("logged_out",)))}, security=PUBLIC)},
+            "logout", "auth", "End this login, or every login of the account (a copied cookie stops working too)",
+            {200: ok("Logged out; ended: how many sessions and access tokens ended.",
+                     obj({"logged_out": {"type": "boolean"}, "ended": {"type": "integer"}}, ("logged_out",)))},
+            security=PUBLIC, body={"required": False, "content": json_content(obj(
+                {"everywhere": {"type": "boolean", "default": False,
+                                "description": "end every session and access token of the account"}}))})},
         "/api/auth/me": {"get": operation(
             "me", "auth", "Who the caller is (the guest when anonymous and REQUIRE_AUTH=false)",
             {200: ok("The caller.", schema("Me"))}, security=OPEN)},

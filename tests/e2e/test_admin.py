@@ -64,7 +64,7 @@ def test_login_wrong_then_right(api, server):
     me = api.get(server.url("/api/auth/me"), timeout=10).json()
     assert (me["username"], me["role"], me["csrf_token"]) == ("admin", "admin", csrf)
 
-    assert api.post(server.url("/api/auth/logout"), timeout=10).json() == {"logged_out": True}
+    assert api.post(server.url("/api/auth/logout"), timeout=10).json() == {"logged_out": True, "ended": 1}
     assert api.get(server.url("/api/auth/me"), timeout=10).json()["authenticated"] is False
 
 

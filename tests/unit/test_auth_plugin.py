@@ -87,10 +87,22 @@ def test_logout_ends_the_session_so_a_copied_cookie_stops_working(app):
     copied = Client(app)
     copied.inner.set_cookie("wa_session", c.inner.get_cookie("wa_session").value, domain="localhost")
     assert copied.get("/api/auth/me").get_json()["username"] == "alice"
-    assert c.post("/api/auth/logout").get_json() == {"logged_out": True}
+    assert c.post("/api/auth/logout").get_json() == {"logged_out": True, "ended": 1}
     assert c.get("/api/auth/me").get_json()["authenticated"] is False
     assert copied.get("/api/auth/me").get_json()["authenticated"] is False
     assert copied.get("/api/auth/tokens").status_code == 401
+
+
+def test_logout_everywhere_ends_every_login_of_the_account(app):
+    phone, laptop = Client(app).login("alice", ALICE_PASSWORD), Client(app).login("alice", ALICE_PASSWORD)
+    token = Client(app).post("/api/auth/token", data={"username": "alice", "password": ALICE_PASSWORD}
+                             ).get_json()["access_token"]
+    personal = phone.post("/api/auth/tokens", json={"label": "kept"}).get_json()["token"]
+    assert phone.post("/api/auth/logout", json={"everywhere": True}).get_json() == {"logged_out": True, "ended": 3}
+    assert laptop.get("/api/auth/me").get_json()["authenticated"] is False
+    assert bearer(app, token).get("/api/history").status_code == 401
+    assert bearer(app, personal).get("/api/history").status_code == 200  # personal tokens are revoked one by one
+    assert Client(app).post("/api/auth/logout").get_json() == {"logged_out": True, "ended": 0}
 
 
 def test_failed_logins_are_limited_and_good_ones_never_count(app):

@@ -1,7 +1,7 @@
 """Logging in and one's own account: ``/api/auth/*``.
 
 * ``POST /api/auth/login {username, password}`` (the browser: sets the session cookie, returns the CSRF token),
-  ``POST /api/auth/logout``, ``GET /api/auth/me``;
+  ``POST /api/auth/logout`` (``{"everywhere": true}``: every login of the account), ``GET /api/auth/me``;
 * ``POST /api/auth/token`` (form fields ``username``, ``password``, optional ``scope``: OAuth2's password grant)
   answers ``{access_token, token_type: "bearer", expires_in}``;
 * ``POST /api/auth/register {username, password}`` (only with ``ALLOW_REGISTRATION=true``), 201 with a token;
@@ -80,13 +80,15 @@ def login() -> Response:
 
 @bp.post("/api/auth/logout")
 def logout() -> Response:
+    """This login ends; with ``{"everywhere": true}`` every login of the account (all browsers, access tokens)."""
     # No CSRF check: ending a session harms no one, and a page that lost its token can still log out.
     principal = current_principal()
-    if principal.credential_id is not None:
-        concurrency.wait_blocking(appliance().accounts.logout, principal)
-        end_connections([principal.credential_id])
+    data = request.get_json(silent=True)
+    everywhere = isinstance(data, dict) and data.get("everywhere") is True
+    ended = concurrency.wait_blocking(appliance().accounts.logout, principal, everywhere=everywhere)
+    end_connections(ended)
     session.clear()
-    return jsonify({"logged_out": True})
+    return jsonify({"logged_out": True, "ended": len(ended)})
 
 
 @bp.get("/api/auth/me")

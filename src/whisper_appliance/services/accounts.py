@@ -524,13 +524,17 @@ class Accounts:
                                "ON u.id = c.user_id WHERE c.id = ?", (principal.credential_id,)).fetchone()
         return row is not None and not row["disabled"] and (row["expires_at"] is None or row["expires_at"] > self._now())
 
-    def logout(self, principal: Principal) -> None:
-        """End the session (or access token) the principal came with."""
-        if principal.credential_id is None:
-            return
+    def logout(self, principal: Principal, *, everywhere: bool = False) -> list[str]:
+        """End the session (or access token) the principal came with, or with ``everywhere`` every session and
+        access token of the account. Returns the credentials that ended."""
+        if principal.credential_id is None or principal.user_id is None:
+            return []
         with self.db.write() as conn:
-            conn.execute("DELETE FROM credentials WHERE id = ? AND kind IN ('session', 'access')",
-                         (principal.credential_id,))
+            if everywhere:
+                return self._end_logins(conn, principal.user_id)
+            rows = conn.execute("DELETE FROM credentials WHERE id = ? AND kind IN ('session', 'access') RETURNING id",
+                                (principal.credential_id,)).fetchall()
+        return [r[0] for r in rows]
 
     def change_password(self, principal: Principal, current: Any, new: Any, address: str, *,
                         new_session: bool) -> tuple[Issued | None, list[str]]:

@@ -1,4 +1,4 @@
-/* The account page: personal API tokens (GET|POST /api/auth/tokens, DELETE /api/auth/tokens/<id>; a new token's
+/* The account page: "log out everywhere" (POST /api/auth/logout {everywhere: true}), personal API tokens (GET|POST /api/auth/tokens, DELETE /api/auth/tokens/<id>; a new token's
  * plaintext is shown once) and the password change (POST /api/auth/password, which logs out every other browser
  * and hands this one a new CSRF token). */
 "use strict";
@@ -71,6 +71,16 @@
     } catch (err) {
       setStatus("password-status", err.message, "error");
     }
+  });
+
+  $("logout-everywhere").addEventListener("click", async () => {
+    try {
+      await WA.api("/api/auth/logout", {method: "POST", json: {everywhere: true}});
+    } catch (err) {
+      setStatus("account-status", "Could not log out: " + err.message, "error");
+      return;
+    }
+    window.location.assign("/login");
   });
 
   WA.loadSession().then(loadTokens);
