@@ -1,9 +1,10 @@
 """The application factory: ``create_app(settings)`` builds the Flask app and its SocketIO object.
 
-It wires the services (``Appliance``), installs the JSON error handling and security headers, registers every
-plugin module (each one a Blueprint and/or Socket.IO handlers with an ``init_app(app, socketio)``), checks
-Socket.IO connections (origin and ``REQUIRE_AUTH``), and runs the one background task that delivers
-service events (model status, job progress) to Socket.IO clients.
+It takes the services (``Appliance``, the composition root, built here unless given), installs the JSON error
+handling and security headers, registers every plugin module (each one a Blueprint and/or Socket.IO handlers with
+an ``init_app(app, socketio)``), checks Socket.IO connections (origin, the caller's principal and
+``REQUIRE_AUTH``), and with ``start_services`` starts the appliance and the one background task that delivers
+service events (model status, job progress) to Socket.IO clients. Without it nothing is started.
 """
 
 from __future__ import annotations
@@ -13,18 +14,21 @@ import logging
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Flask, request, session
+from flask import Flask
 from flask_cors import CORS
 from flask_socketio import SocketIO
 from socketio.exceptions import ConnectionRefusedError as SocketRefused
 
 from . import http
 from .core.config import Settings
+from .core.errors import ApplianceError
+from .core.identity import Principal
 from .services.appliance import Appliance
 
 log = logging.getLogger(__name__)
 
-PLUGINS = ("health", "upload", "openai_api", "history", "jobs", "admin", "live_speech", "api_docs", "pages")
+PLUGINS = ("health", "upload", "openai_api", "history", "jobs", "auth", "admin", "live_speech", "api_docs",
+           "pages")
 EVENT_PUMP_INTERVAL = 0.2  # seconds: events reach clients "at most a few times a second"
 
 
@@ -45,7 +49,7 @@ def create_app(settings: Settings | None = None, *, appliance: Appliance | None 
 
     app = Flask(__name__, static_folder="static", template_folder="templates")
     app.config.update(
-        SECRET_KEY=appliance.auth.secret_key,
+        SECRET_KEY=appliance.auth_file.secret_key,
         # Multipart overhead on top of the audio itself; the spooler enforces the exact audio limit.
         MAX_CONTENT_LENGTH=settings.max_upload_size + 64 * 1024,
         SESSION_COOKIE_SECURE=True,
@@ -81,12 +85,20 @@ def create_app(settings: Settings | None = None, *, appliance: Appliance | None 
     @socketio.on("connect")
     def _connect(auth: Any = None) -> None:
         token = auth.get("token") if isinstance(auth, dict) else None
-        token = token or appliance.auth.parse_bearer(request.headers.get("Authorization"))
+        principal: Principal | None = None
         if token:
-            if appliance.auth.verify_token(token) is None:
+            principal = appliance.accounts.verify(token)
+            if principal is None:
                 raise SocketRefused({"code": "invalid_token", "message": "the token is not valid"})
-        elif settings.require_auth and not session.get("admin"):
-            raise SocketRefused({"code": "auth_required", "message": "this server requires an API token"})
+        else:
+            try:
+                principal = http.current_principal()  # the Authorization header, or the login's cookie
+            except ApplianceError as err:
+                raise SocketRefused({"code": err.code, "message": err.message}) from None
+            if principal.is_guest and settings.require_auth:
+                raise SocketRefused({"code": "auth_required",
+                                     "message": "this server requires a login or a token"})
+        http.remember_socket_principal(principal)
 
     for name in PLUGINS:
         importlib.import_module(f".plugins.{name}", __package__).init_app(app, socketio)

@@ -1,11 +1,19 @@
-"""HTTP glue shared by the plugins: the appliance handle, auth checks, JSON errors, security headers.
+"""HTTP glue shared by the plugins: the appliance handle, who is asking, JSON errors, security headers.
 
 Every error leaves the server as ``{"error": {"code": ..., "message": ...}}`` with its status (the OpenAI-compatible
-routes under ``/v1`` add OpenAI's ``type`` and ``param``). Auth:
+routes under ``/v1`` add OpenAI's ``type`` and ``param``).
 
-* admin rights: the admin session cookie (state changes need the ``X-CSRF-Token`` header from login), or an API
-  token (``Authorization: Bearer``; tokens are issued by the admin, so they carry the admin's rights);
-* transcription: open on the LAN unless ``REQUIRE_AUTH=true``, then it needs a token or the admin session.
+Identity: ``current_principal()`` resolves the caller once per request, as a ``Principal`` (core/identity.py):
+
+* ``Authorization: Bearer <token>``: a personal token, an access token from ``POST /api/auth/token`` or one of
+  ``API_KEYS``; an invalid token is refused (401), except under ``/v1`` while ``REQUIRE_AUTH=false``, where the
+  official ``openai`` client always sends some key: there an unknown one is anonymous;
+* else the session cookie of a login (changes made with it need the ``X-CSRF-Token`` header from the login);
+* else the guest, who exists only while ``REQUIRE_AUTH=false``.
+
+The ``require_*`` decorators say what a route needs; services then filter what they read by the principal.
+A Socket.IO connection resolves its principal once, at connect (``remember_socket_principal``); it joins a room
+named after its credential, so that revoking the credential ends the connection (``end_connections``).
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ import functools
 import logging
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from flask import Flask, Response, current_app, g, jsonify, request, session
@@ -22,7 +30,9 @@ from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from werkzeug.exceptions import HTTPException
 
-from .core.errors import ApplianceError, Forbidden, Unauthorized
+from .core.errors import ApplianceError, Forbidden, NotFound, Unauthorized
+from .core.identity import GUEST, GUEST_NAME, OwnerFilter, Principal
+from .services.auth import csrf_matches, parse_bearer
 
 if TYPE_CHECKING:
     from .services.appliance import Appliance
@@ -35,64 +45,159 @@ limiter = Limiter(key_func=get_remote_address, storage_uri="memory://", default_
                   headers_enabled=True, strategy="fixed-window")
 
 _UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+SESSION_TOKEN = "token"  # the session cookie's key for the login's credential
+SOCKET_PRINCIPAL = "principal"  # the Socket.IO connection's session key for its principal
 
 
 def appliance() -> Appliance:
     return current_app.extensions["appliance"]
 
 
-# -- auth --------------------------------------------------------------------------------------------------------
-def current_principal() -> str | None:
-    """'admin' for the admin session, 'token:<label>' for a bearer token, None when anonymous."""
+# -- who is asking -----------------------------------------------------------------------------------------------
+def current_principal() -> Principal:
+    """The caller of this request (resolved once); ``GUEST`` when anonymous."""
     if "principal" in g:
         return g.principal
-    principal = None
-    token = appliance().auth.parse_bearer(request.headers.get("Authorization"))
+    a = appliance()
+    principal, via_cookie = GUEST, False
+    token = parse_bearer(request.headers.get("Authorization"))
     if token:
-        info = appliance().auth.verify_token(token)
-        if info is None:
+        found = a.accounts.verify(token)
+        if found is not None:
+            principal = found
+        elif a.settings.require_auth or not request.path.startswith("/v1/"):
             raise Unauthorized("the bearer token is not valid", code="invalid_token")
-        principal = f"token:{info.label}"
-        g.via_cookie = False
-    elif session.get("admin"):
-        principal = "admin"
-        g.via_cookie = True
-    g.principal = principal
+    elif session.get(SESSION_TOKEN):
+        found = a.accounts.verify(session[SESSION_TOKEN])
+        if found is None:
+            session.clear()  # expired, logged out elsewhere, or the account changed: this browser is logged out
+        else:
+            principal, via_cookie = found, True
+    g.principal, g.via_cookie = principal, via_cookie
     return principal
+
+
+def client_address() -> str:
+    return get_remote_address() or "unknown"
 
 
 def _check_csrf() -> None:
     if request.method in _UNSAFE_METHODS and g.get("via_cookie"):
-        if not appliance().auth.csrf_matches(session.get("csrf"), request.headers.get("X-CSRF-Token")):
+        if not csrf_matches(session.get("csrf"), request.headers.get("X-CSRF-Token")):
             raise Forbidden("missing or wrong X-CSRF-Token header for a cookie-authenticated change",
                             code="csrf_failed")
 
 
-def require_admin(view: F) -> F:
-    @functools.wraps(view)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        principal = current_principal()
-        if principal is None:
-            raise Unauthorized("admin login or an API token is required", code="auth_required")
-        _check_csrf()
-        return view(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
+def _signed_in(principal: Principal) -> None:
+    if principal.is_guest:
+        raise Unauthorized("log in, or send a token (Authorization: Bearer ...)", code="auth_required")
 
 
-def require_access(view: F) -> F:
-    """Open unless REQUIRE_AUTH; a presented token is always checked."""
+def _full_access(principal: Principal, what: str) -> None:
+    if not principal.full_access:
+        raise Forbidden(f"this token's scope is 'transcribe'; {what} needs a login or an 'admin'-scope token",
+                        code="insufficient_scope")
 
-    @functools.wraps(view)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        principal = current_principal()
-        if principal is None and appliance().settings.require_auth:
-            raise Unauthorized("this server requires an API token (Authorization: Bearer ...)",
-                               code="auth_required")
-        _check_csrf()
-        return view(*args, **kwargs)
 
-    return wrapper  # type: ignore[return-value]
+def _guarded(check: Callable[[Principal], None]) -> Callable[[F], F]:
+    def decorate(view: F) -> F:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            check(current_principal())
+            _check_csrf()
+            return view(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def _access(principal: Principal) -> None:
+    if principal.is_guest and appliance().settings.require_auth:
+        raise Unauthorized("this server requires a login or a token (Authorization: Bearer ...)",
+                           code="auth_required")
+
+
+def _history_change(principal: Principal) -> None:
+    _access(principal)
+    if not principal.can_edit_history:
+        _full_access(principal, "changing history or jobs")
+
+
+def _account(principal: Principal) -> None:
+    _signed_in(principal)
+    _full_access(principal, "managing the account")
+
+
+def _admin(principal: Principal) -> None:
+    _signed_in(principal)
+    if principal.role != "admin":
+        raise Forbidden("this needs an admin account", code="admin_required")
+    _full_access(principal, "administration")
+
+
+# Transcription and reading one's history: anyone unless REQUIRE_AUTH (a presented token is always checked).
+require_access = _guarded(_access)
+# Correcting texts and cancelling jobs: full access, or a guest in open mode (guests share their history).
+require_history_change = _guarded(_history_change)
+# One's own account (password, personal tokens, deleting one's entries): a login or an admin-scope token.
+require_account = _guarded(_account)
+# Administration: an admin account with full access.
+require_admin = _guarded(_admin)
+
+
+def owner_filter() -> OwnerFilter | None:
+    """An admin's ``?user=<username|id|guest>``: only that owner's records. Others may not name an owner."""
+    value = (request.args.get("user") or "").strip()
+    if not value:
+        return None
+    if not current_principal().is_admin:
+        raise Forbidden("only an admin can list another user's records", code="admin_required")
+    if value == GUEST_NAME:
+        return OwnerFilter(None)
+    accounts = appliance().accounts
+    user = accounts.find_user(value)
+    if user is None and value.isdigit() and len(value) < 19:
+        user = next((u for u in accounts.list_users() if u.id == int(value)), None)
+    if user is None:
+        raise NotFound(f"no user {value!r}", code="unknown_user")
+    return OwnerFilter(user.id)
+
+
+# -- Socket.IO connections ---------------------------------------------------------------------------------------
+def credential_room(credential_id: str) -> str:
+    return f"credential:{credential_id}"
+
+
+def remember_socket_principal(principal: Principal) -> None:
+    """At connect: keep the connection's principal in its Socket.IO session (per connection, keyed by sid)."""
+    from flask_socketio import join_room
+
+    session[SOCKET_PRINCIPAL] = principal
+    if principal.credential_id is not None:
+        join_room(credential_room(principal.credential_id))
+
+
+def socket_principal() -> Principal:
+    """The principal a Socket.IO connection was opened with, if its credential still stands (else 401)."""
+    principal = session.get(SOCKET_PRINCIPAL, GUEST)
+    if not appliance().accounts.still_valid(principal):
+        raise Unauthorized("the login or token this connection was opened with is no longer valid",
+                           code="invalid_token")
+    return principal
+
+
+def end_connections(credential_ids: Iterable[str]) -> int:
+    """Disconnect the Socket.IO connections opened with these credentials (revoked, logged out, disabled)."""
+    socketio = current_app.extensions["appliance_socketio"]
+    ended = 0
+    for credential_id in set(credential_ids):
+        for sid, _ in list(socketio.server.manager.get_participants("/", credential_room(credential_id))):
+            socketio.server.disconnect(sid, namespace="/")
+            ended += 1
+    if ended:
+        log.info("%d Socket.IO connection(s) of revoked credentials disconnected", ended)
+    return ended
 
 
 # -- request helpers ---------------------------------------------------------------------------------------------

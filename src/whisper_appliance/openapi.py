@@ -3,8 +3,9 @@
 One module holds the whole spec, organised as one function per plugin (``health_paths()``, ``upload_paths()``,
 ...) returning that plugin's paths, plus the shared components: the error shape ``{"error": {"code",
 "message"}}``, the records (transcripts, model status, history entries, jobs) and the two ways to authenticate
-(``bearerAuth``: an API token; ``cookieAuth``: the admin session, whose changes need the ``X-CSRF-Token``
-header). ``tests/unit/test_openapi_spec.py`` checks that every route ``create_app`` registers is described here.
+(``bearerAuth``: a token; ``cookieAuth``: a login's session, whose changes need the ``X-CSRF-Token`` header).
+Operations say who may call them: ``OPEN`` (anyone while ``REQUIRE_AUTH=false``), ``USER`` (an account),
+``ADMIN`` (an admin account) or ``PUBLIC`` (no credentials at all). ``tests/unit/test_openapi_spec.py`` checks that every route ``create_app`` registers is described here.
 Nothing here imports Flask: the spec is plain data, served by ``plugins/api_docs.py``.
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 
 from . import __version__
 from .core.formats import FORMATS
+from .core.identity import MIN_PASSWORD_LENGTH, ROLES, SCOPES
 from .core.options import LANGUAGES
 from .core.records import TASKS
 from .services.history import MAX_STATS_DAYS
@@ -28,8 +30,10 @@ MODEL_STATES = ("unloaded", "loading", "ready", "error")
 JOB_STATUSES = ("queued", "processing", "completed", "failed", "cancelled")
 HISTORY_SOURCES = ("upload", "job", "live", "api")
 
-# Who may call an operation. ``{}`` in a list means "anonymous is fine" (unless REQUIRE_AUTH is on).
+# Who may call an operation. ``{}`` in a list means "anonymous is fine" (unless REQUIRE_AUTH is on). USER and
+# ADMIN list the same schemes; they are separate lists because ``operation`` tells them apart by identity.
 OPEN: list[dict[str, list[str]]] = [{}, {"bearerAuth": []}, {"cookieAuth": []}]
+USER: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"cookieAuth": []}]
 ADMIN: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"cookieAuth": []}]
 PUBLIC: list[dict[str, list[str]]] = []
 
@@ -104,7 +108,7 @@ def operation(op_id: str, tag: str, summary: str, responses: dict[Any, Any], *,
     if body is not None:
         op["requestBody"] = body
     all_responses: dict[str, Any] = {str(code): value for code, value in responses.items()}
-    implied = {401} if security is OPEN else {401, 403} if security is ADMIN else set()
+    implied = {401} if security is OPEN else {401, 403} if security is ADMIN or security is USER else set()
     for code in sorted(set(errors) | implied | {429}):
         all_responses.setdefault(str(code), ref("responses", _ERROR_RESPONSES[code]))
     all_responses["default"] = ref("responses", "Error")
@@ -175,6 +179,9 @@ def components() -> dict[str, Any]:
         "engine": nullable("string"), "duration": nullable("number"), "processing_seconds": nullable("number"),
         "segments": {"type": "array", "items": {"type": "object"}}, "audio_sha256": nullable("string"),
         "metadata": {"type": "object", "additionalProperties": True},
+        "options_key": nullable("string"),
+        "owner_id": nullable("integer", description="the owning account; null for the guests' shared history"),
+        "edited_at": nullable("string", description="when the text was last corrected"),
         "snippet": nullable("string", description="search hits only: the text around the matches"),
     }, ("id", "created_at", "source", "text"))
     history_page = obj({"items": {"type": "array", "items": schema("HistoryEntry")}, "total": {"type": "integer"},
@@ -192,8 +199,32 @@ def components() -> dict[str, Any]:
         "result": {"type": "object", "description": "the transcription, once completed"},
     }, ("job_id", "status", "progress", "created_at", "links"))
     job_links = obj({"self": {"type": "string"}, "result": {"type": "string"}}, ("self", "result"))
-    token = obj({"id": {"type": "string"}, "label": {"type": "string"}, "configured": {"type": "boolean"},
-                 "created_at": nullable("string"), "last_used_at": nullable("string")}, ("id", "label"))
+    token = obj({"id": {"type": "string"}, "label": {"type": "string"}, "scope": {"type": "string", "enum": list(SCOPES)},
+                 "configured": {"type": "boolean"}, "created_at": nullable("string"),
+                 "last_used_at": nullable("string")}, ("id", "label", "scope"))
+    user = obj({"id": {"type": "integer"}, "username": {"type": "string"},
+                "role": {"type": "string", "enum": list(ROLES)}, "created_at": {"type": "string"},
+                "last_login_at": nullable("string"), "disabled": {"type": "boolean"}},
+               ("id", "username", "role", "disabled"))
+    me = obj({"id": nullable("integer"), "username": {"type": "string"},
+              "role": {"type": "string", "enum": [*ROLES, "guest"]},
+              "scopes": {"type": "array", "items": {"type": "string", "enum": list(SCOPES)}},
+              "authenticated": {"type": "boolean", "description": "false for the anonymous guest"},
+              "require_auth": {"type": "boolean"}, "registration": {"type": "boolean"},
+              "csrf_token": {"type": "string", "description": "only with a login's session cookie"}},
+             ("username", "role", "scopes", "authenticated"))
+    token_grant = obj({"access_token": {"type": "string"}, "token_type": {"type": "string", "enum": ["bearer"]},
+                       "expires_in": {"type": "integer"}, "scope": {"type": "string", "enum": list(SCOPES)},
+                       "user": schema("User")}, ("access_token", "token_type", "expires_in"))
+    figures = {"entries": {"type": "integer"}, "audio_hours": {"type": "number"},
+               "storage_bytes": {"type": "integer"},
+               "jobs": {"type": "object", "additionalProperties": {"type": "integer"}}}
+    usage = obj({
+        "users": {"type": "array", "items": {"allOf": [schema("User"), obj(figures, tuple(figures))]}},
+        "guest": obj(figures, tuple(figures)),
+        "totals": obj({"entries": {"type": "integer"}, "audio_hours": {"type": "number"},
+                       "storage_bytes": {"type": "integer"}, "database_bytes": {"type": "integer"},
+                       "users": {"type": "integer"}})}, ("users", "guest", "totals"))
     model_load = obj({"status": schema("ModelStatus"), "links": {"type": "object"}}, ("status",))
     openai_model = obj({"id": {"type": "string"}, "object": {"type": "string", "enum": ["model"]},
                         "created": {"type": "integer"}, "owned_by": {"type": "string"}},
@@ -221,9 +252,11 @@ def components() -> dict[str, Any]:
     return {
         "securitySchemes": {
             "bearerAuth": {"type": "http", "scheme": "bearer",
-                           "description": "An API token (API_KEYS, or issued in the admin panel)."},
+                           "description": "A personal API token (scope transcribe or admin), a token from "
+                                          "POST /api/auth/token, or one of API_KEYS (transcribe tokens of the "
+                                          "admin account)."},
             "cookieAuth": {"type": "apiKey", "in": "cookie", "name": "wa_session",
-                           "description": "The admin session from POST /api/admin/login. Changes made with it "
+                           "description": "A login's session from POST /api/auth/login. Changes made with it "
                                           "need the X-CSRF-Token header returned by the login."},
         },
         "parameters": {
@@ -234,9 +267,12 @@ def components() -> dict[str, Any]:
         "responses": {
             "Error": error_response("An error, in the one error shape."),
             "BadRequest": error_response("A missing or invalid field."),
-            "Unauthorized": error_response("No valid credentials (an invalid token is always refused)."),
-            "Forbidden": error_response("Missing or wrong X-CSRF-Token on a cookie-authenticated change."),
-            "NotFound": error_response("No such resource."),
+            "Unauthorized": error_response("No valid credentials (an invalid token is refused, except under /v1 "
+                                           "while REQUIRE_AUTH=false)."),
+            "Forbidden": error_response("Not allowed: missing or wrong X-CSRF-Token on a cookie-authenticated "
+                                        "change, a transcribe-scope token, or not an admin."),
+            "NotFound": error_response("No such resource, or not the caller's (ids of others' records do not "
+                                       "leak)."),
             "Conflict": error_response("The request conflicts with the appliance's state, e.g. another model is "
                                        "loaded (the message names the loaded model)."),
             "PayloadTooLarge": error_response("The upload is larger than MAX_UPLOAD_SIZE."),
@@ -249,7 +285,8 @@ def components() -> dict[str, Any]:
             "TranscriptionResult": transcription_result, "ModelStatus": model_status, "Health": health,
             "Status": status, "LanguageDetection": detection, "HistoryEntry": history_entry,
             "HistoryPage": history_page, "Job": job, "JobLinks": job_links,
-            "TokenInfo": token, "ModelLoad": model_load, "OpenAIModel": openai_model,
+            "TokenInfo": token, "User": user, "Me": me, "TokenGrant": token_grant, "Usage": usage,
+            "ModelLoad": model_load, "OpenAIModel": openai_model,
             "OpenAITranscription": obj({"text": {"type": "string"}}, ("text",)),
             "OpenAIVerboseTranscription": verbose,
             "TranscribeForm": transcribe_form(),
@@ -383,30 +420,31 @@ def history_paths() -> dict[str, Any]:
     entry_file = {**json_content(schema("HistoryEntry")),
                   **text_content(*(_CONTENT_TYPES[f] for f in TRANSCRIPT_FORMATS if f != "json"))}
     binary = {"schema": {"type": "string", "format": "binary"}}
+    user_param = query("user", "admins only: just this user's entries (a username, or 'guest')")
     return {
         "/api/history": {"get": operation(
             "historySearch", "history", "Search and page through the history",
             {200: ok("One page of entries, newest first.", schema("HistoryPage"))},
-            security=OPEN, errors=(400,), parameters=[
+            security=OPEN, errors=(400, 403, 404), parameters=[
                 query("q", "full-text search (words, \"phrases\", a trailing * for a prefix)"),
                 query("source", "only entries from this source", enum=list(HISTORY_SOURCES)),
                 query("language", "language code"),
                 query("since", "ISO date or date-time (inclusive)", anyOf=[{"format": "date"}, {"format": "date-time"}]),
                 query("until", "ISO date or date-time", anyOf=[{"format": "date"}, {"format": "date-time"}]),
                 query("limit", "page size (default 50)", "integer", minimum=1, maximum=500),
-                query("offset", "entries to skip", "integer", minimum=0)])},
+                query("offset", "entries to skip", "integer", minimum=0), user_param])},
         "/api/history/{entry_id}": {
             "get": operation("historyGet", "history", "One history entry",
                              {200: ok("The entry.", schema("HistoryEntry"))},
                              security=OPEN, errors=(404,), parameters=[entry_id]),
-            "patch": operation("historyUpdate", "history", "Correct an entry's text",
+            "patch": operation("historyUpdate", "history", "Correct an entry's text (it stops being a cache hit)",
                                {200: ok("The updated entry.", schema("HistoryEntry"))},
-                               security=OPEN, errors=(400, 404), parameters=[entry_id], changes=True,
+                               security=OPEN, errors=(400, 403, 404), parameters=[entry_id], changes=True,
                                body={"required": True, "content": json_content(
                                    obj({"text": {"type": "string"}}, ("text",)))}),
-            "delete": operation("historyDelete", "history", "Delete an entry",
+            "delete": operation("historyDelete", "history", "Delete one of your entries",
                                 {200: ok("Deleted.", deleted)},
-                                security=ADMIN, errors=(404,), parameters=[entry_id], changes=True),
+                                security=USER, errors=(404,), parameters=[entry_id], changes=True),
         },
         "/api/history/{entry_id}/export": {"get": operation(
             "historyExportEntry", "history", "One entry as a file (json is the stored entry)",
@@ -417,11 +455,14 @@ def history_paths() -> dict[str, Any]:
             "historyExport", "history", "The whole history as JSON or CSV (streamed)",
             {200: ok("The export file (an attachment).", content={
                 **json_content({"type": "array", "items": schema("HistoryEntry")}), **text_content("text/csv")})},
-            security=OPEN, errors=(400,), parameters=[query("format", "json (default) or csv", enum=["json", "csv"])])},
+            security=OPEN, errors=(400, 403, 404), parameters=[
+                query("format", "json (default) or csv", enum=["json", "csv"]), user_param])},
         "/api/history/import": {"post": operation(
             "historyImport", "history", "Import entries exported by this or another appliance",
             {200: ok("What was imported (duplicates are skipped).", import_result)},
-            security=ADMIN, errors=(400, 413), changes=True, body={"required": True, "content": {
+            security=ADMIN, errors=(400, 413), changes=True, parameters=[
+                query("owner", "whose history the entries join: a username or 'guest' (default: yours)")],
+            body={"required": True, "content": {
                 "multipart/form-data": {"schema": obj({
                     "file": {"type": "string", "format": "binary"},
                     "format": {"type": "string", "enum": ["json", "csv"],
@@ -429,9 +470,9 @@ def history_paths() -> dict[str, Any]:
                 "application/json": {"schema": {"type": "array", "items": {"type": "object"}}},
             }})},
         "/api/history/delete": {"post": operation(
-            "historyDeleteMany", "history", "Delete several entries",
+            "historyDeleteMany", "history", "Delete several of your entries (others' ids are ignored)",
             {200: ok("How many were deleted.", deleted)},
-            security=ADMIN, errors=(400,), changes=True, body={"required": True, "content": json_content(
+            security=USER, errors=(400,), changes=True, body={"required": True, "content": json_content(
                 obj({"ids": {"type": "array", "maxItems": 1000, "items": {"type": "integer"}}}, ("ids",)))})},
         "/api/history/stats": {"get": operation(
             "historyStats", "history", "Totals and counts by source, model and day",
@@ -442,8 +483,8 @@ def history_paths() -> dict[str, Any]:
                 "by_model": {"type": "object", "additionalProperties": {"type": "integer"}},
                 "by_day": {"type": "object", "additionalProperties": {"type": "integer"}}},
                 ("entries", "audio_hours", "processing_hours", "by_source", "by_model", "by_day")))},
-            security=OPEN, errors=(400,), parameters=[query("days", "days in by_day (default 30)", "integer",
-                                                            minimum=1, maximum=MAX_STATS_DAYS)])},
+            security=OPEN, errors=(400, 403, 404), parameters=[query("days", "days in by_day (default 30)", "integer",
+                                                                 minimum=1, maximum=MAX_STATS_DAYS), user_param])},
         "/api/admin/backup": {"get": operation(
             "adminBackup", "admin", "Download a consistent copy of the database",
             {200: ok("The SQLite database file (an attachment).", content={"application/vnd.sqlite3": binary})},
@@ -472,10 +513,11 @@ def jobs_paths() -> dict[str, Any]:
                 {200: ok("One page of jobs.", obj({"jobs": {"type": "array", "items": schema("Job")},
                                                    "limit": {"type": "integer"}, "offset": {"type": "integer"}},
                                                   ("jobs", "limit", "offset")))},
-                security=OPEN, errors=(400,), parameters=[
+                security=OPEN, errors=(400, 403, 404), parameters=[
                     query("status", "only jobs in this state", enum=list(JOB_STATUSES)),
                     query("limit", "page size (default 50)", "integer", minimum=1, maximum=500),
-                    query("offset", "jobs to skip", "integer", minimum=0)]),
+                    query("offset", "jobs to skip", "integer", minimum=0),
+                    query("user", "admins only: just this user's jobs (a username, or 'guest')")]),
         },
         "/api/jobs/{job_id}": {
             "get": operation("jobGet", "jobs", "A job's state, progress and queue position",
@@ -485,7 +527,7 @@ def jobs_paths() -> dict[str, Any]:
                                 {200: ok("The job as it was left; deleted says whether its record is gone.",
                                          {"allOf": [schema("Job"), obj({"deleted": {"type": "boolean"}},
                                                                        ("deleted",))]})},
-                                security=OPEN, errors=(404, 409), parameters=[job_id], changes=True),
+                                security=OPEN, errors=(403, 404, 409), parameters=[job_id], changes=True),
         },
         "/api/jobs/{job_id}/result": {"get": operation(
             "jobResult", "jobs", "A finished job's transcript",
@@ -501,26 +543,10 @@ def admin_paths() -> dict[str, Any]:
     def body_of(properties: dict[str, Schema], required: tuple[str, ...]) -> dict[str, Any]:
         return {"required": True, "content": json_content(obj(properties, required))}
 
-    text = {"type": "string", "minLength": 1}
+    username = {"type": "string", "minLength": 1, "maxLength": 64}
+    password = {"type": "string", "minLength": MIN_PASSWORD_LENGTH}
+    user_id = path_param("user_id", "user id", "integer", minimum=1)
     return {
-        "/api/admin/login": {"post": operation(
-            "adminLogin", "admin", "Log in as admin (failed attempts are rate-limited)",
-            {200: ok("Logged in: the session cookie is set; send csrf_token as X-CSRF-Token on changes.",
-                     obj({"csrf_token": {"type": "string"}, "expires_in": {"type": "integer"}}, ("csrf_token",)))},
-            security=PUBLIC, errors=(400, 401), body=body_of({"password": {"type": "string"}}, ("password",)))},
-        "/api/admin/logout": {"post": operation(
-            "adminLogout", "admin", "End the admin session",
-            {200: ok("Logged out.", obj({"admin": {"type": "boolean"}}, ("admin",)))}, security=PUBLIC)},
-        "/api/admin/session": {"get": operation(
-            "adminSession", "admin", "Whether the caller is logged in as admin",
-            {200: ok("The session state; csrf_token only when logged in.",
-                     obj({"admin": {"type": "boolean"}, "csrf_token": {"type": "string"}}, ("admin",)))},
-            security=PUBLIC)},
-        "/api/admin/password": {"post": operation(
-            "adminPassword", "admin", "Change the admin password",
-            {200: ok("Changed.", obj({"changed": {"type": "boolean"}}, ("changed",)))},
-            security=ADMIN, errors=(400,), changes=True,
-            body=body_of({"current_password": text, "new_password": text}, ("current_password", "new_password")))},
         "/api/models": {"get": operation(
             "modelList", "models", "Known models (loaded, on disk, downloadable) and the current status",
             {200: ok("The models.", obj({
@@ -545,37 +571,126 @@ def admin_paths() -> dict[str, Any]:
             "modelDelete", "models", "Delete a model's files from the models folder",
             {200: ok("Deleted.", obj({"deleted": {"type": "string"}}, ("deleted",)))},
             security=ADMIN, errors=(404, 409), changes=True, parameters=[path_param("name", "model name")])},
-        "/api/admin/tokens": {
-            "get": operation("tokenList", "admin", "API tokens (never the secrets)",
-                             {200: ok("The tokens.", obj({"tokens": {"type": "array", "items": schema("TokenInfo")}},
-                                                         ("tokens",)))},
-                             security=ADMIN),
-            "post": operation("tokenCreate", "admin", "Issue an API token (the secret is shown only now)",
-                              {201: ok("The new token.", {"allOf": [schema("TokenInfo"), obj(
-                                  {"token": {"type": "string"}}, ("token",))]})},
-                              security=ADMIN, errors=(400,), changes=True,
-                              body=body_of({"label": {"type": "string"}}, ("label",))),
+        "/api/admin/users": {
+            "get": operation("userList", "admin", "Every account",
+                             {200: ok("The users.", obj({"users": {"type": "array", "items": schema("User")}},
+                                                        ("users",)))}, security=ADMIN),
+            "post": operation("userCreate", "admin", "Create an account",
+                              {201: ok("The new user.", schema("User"))},
+                              security=ADMIN, errors=(400, 409), changes=True,
+                              body=body_of({"username": username, "password": password,
+                                            "role": {"type": "string", "enum": list(ROLES), "default": "user"}},
+                                           ("username", "password"))),
         },
-        "/api/admin/tokens/{token_id}": {"delete": operation(
-            "tokenRevoke", "admin", "Revoke an API token",
-            {200: ok("Revoked.", obj({"deleted": {"type": "string"}}, ("deleted",)))},
-            security=ADMIN, errors=(400, 404), changes=True, parameters=[path_param("token_id", "token id")])},
+        "/api/admin/users/{user_id}": {
+            "patch": operation(
+                "userUpdate", "admin", "Disable or enable an account, reset its password, change its role",
+                {200: ok("The user as it is now.", schema("User"))},
+                security=ADMIN, errors=(400, 404, 409), changes=True, parameters=[user_id],
+                description="A new password or disabling ends the account's sessions and access tokens (and its "
+                            "Socket.IO connections). The last enabled admin, your own role and state, and the "
+                            "account that ADMIN_PASSWORD manages cannot be changed (409).",
+                body=body_of({"role": {"type": "string", "enum": list(ROLES)}, "disabled": {"type": "boolean"},
+                              "password": password}, ())),
+            "delete": operation(
+                "userDelete", "admin", "Delete an account with its history and jobs, or handing them over",
+                {200: ok("What went.", obj({"deleted": {"type": "integer"}, "username": {"type": "string"},
+                                            "entries": {"type": "integer"}, "jobs": {"type": "integer"},
+                                            "transferred_to": nullable("integer")},
+                                           ("deleted", "entries", "jobs", "transferred_to")))},
+                security=ADMIN, errors=(400, 404, 409), changes=True, parameters=[
+                    user_id, query("data", "'delete': delete the user's history and jobs too", enum=["delete"]),
+                    query("transfer_to", "hand the user's history and jobs to this user id", "integer",
+                          minimum=1)]),
+        },
+        "/api/admin/stats": {"get": operation(
+            "adminStats", "admin", "Per user: history entries, audio hours, storage and jobs",
+            {200: ok("The figures.", schema("Usage"))}, security=ADMIN)},
         "/api/admin/settings": {"get": operation(
             "adminSettings", "admin", "The effective settings (secrets masked)",
             {200: ok("Settings.", {"type": "object", "additionalProperties": True})}, security=ADMIN)},
     }
 
 
-def _html(op_id: str, tag: str, summary: str) -> dict[str, Any]:
-    return {"get": operation(op_id, tag, summary, {200: ok("An HTML page.", content=text_content("text/html"))},
-                             security=PUBLIC)}
+def auth_paths() -> dict[str, Any]:
+    def body_of(properties: dict[str, Schema], required: tuple[str, ...]) -> dict[str, Any]:
+        return {"required": True, "content": json_content(obj(properties, required))}
+
+    text = {"type": "string", "minLength": 1}
+    password = {"type": "string", "minLength": MIN_PASSWORD_LENGTH}
+    grant_form = obj({"grant_type": {"type": "string", "enum": ["password"]}, "username": text,
+                      "password": text, "scope": {"type": "string", "description": "'transcribe' narrows the token"}},
+                     ("username", "password"))
+    return {
+        "/api/auth/login": {"post": operation(
+            "login", "auth", "Log in (failed attempts are limited per address and per username)",
+            {200: ok("Logged in: the session cookie is set; send csrf_token as X-CSRF-Token on changes.",
+                     {"allOf": [schema("Me"), obj({"csrf_token": {"type": "string"},
+                                                   "expires_in": {"type": "integer"}}, ("csrf_token",))]})},
+            security=PUBLIC, errors=(400, 401, 403),
+            body=body_of({"username": text, "password": text}, ("username", "password")))},
+        "/api/auth/logout": {"post": operation(
+            "logout", "auth", "End this login, or every login of the account (a copied cookie stops working too)",
+            {200: ok("Logged out; ended: how many sessions and access tokens ended.",
+                     obj({"logged_out": {"type": "boolean"}, "ended": {"type": "integer"}}, ("logged_out",)))},
+            security=PUBLIC, body={"required": False, "content": json_content(obj(
+                {"everywhere": {"type": "boolean", "default": False,
+                                "description": "end every session and access token of the account"}}))})},
+        "/api/auth/me": {"get": operation(
+            "me", "auth", "Who the caller is (the guest when anonymous and REQUIRE_AUTH=false)",
+            {200: ok("The caller.", schema("Me"))}, security=OPEN)},
+        "/api/auth/token": {"post": operation(
+            "token", "auth", "An access token for a username and password (OAuth2 password grant)",
+            {200: ok("A bearer token.", schema("TokenGrant"))}, security=PUBLIC, errors=(400, 401, 403),
+            body={"required": True, "content": {"application/x-www-form-urlencoded": {"schema": grant_form}}})},
+        "/api/auth/register": {"post": operation(
+            "register", "auth", "Create an account (only with ALLOW_REGISTRATION=true)",
+            {201: ok("The account's first access token.", schema("TokenGrant"))},
+            security=PUBLIC, errors=(400, 403, 409), changes=True,
+            body=body_of({"username": {"type": "string", "minLength": 1, "maxLength": 64}, "password": password},
+                         ("username", "password")))},
+        "/api/auth/password": {"post": operation(
+            "changePassword", "auth", "Change your password (every session of the account ends)",
+            {200: ok("Changed; with a session cookie, this browser gets a new session and CSRF token.",
+                     obj({"changed": {"type": "boolean"}, "csrf_token": {"type": "string"}}, ("changed",)))},
+            security=USER, errors=(400, 409), changes=True,
+            body=body_of({"current_password": text, "new_password": password}, ("current_password", "new_password")))},
+        "/api/auth/tokens": {
+            "get": operation("tokenList", "auth", "Your personal API tokens (never the secrets)",
+                             {200: ok("The tokens.", obj({"tokens": {"type": "array", "items": schema("TokenInfo")}},
+                                                         ("tokens",)))},
+                             security=USER),
+            "post": operation("tokenCreate", "auth", "Make a personal API token (the secret is shown only now)",
+                              {201: ok("The new token.", {"allOf": [schema("TokenInfo"), obj(
+                                  {"token": {"type": "string"}}, ("token",))]})},
+                              security=USER, errors=(400,), changes=True,
+                              body=body_of({"label": {"type": "string", "minLength": 1, "maxLength": 100},
+                                            "scope": {"type": "string", "enum": list(SCOPES),
+                                                      "default": "transcribe"}}, ("label",))),
+        },
+        "/api/auth/tokens/{token_id}": {"delete": operation(
+            "tokenRevoke", "auth", "Revoke one of your tokens (its Socket.IO connections end)",
+            {200: ok("Revoked.", obj({"deleted": {"type": "string"}}, ("deleted",)))},
+            security=USER, errors=(404, 409), changes=True, parameters=[path_param("token_id", "token id")])},
+    }
+
+
+def _html(op_id: str, tag: str, summary: str, *, login: bool = False, admin: bool = False) -> dict[str, Any]:
+    responses: dict[Any, Any] = {200: ok("An HTML page.", content=text_content("text/html"))}
+    if login:
+        responses[303] = {"description": "To /login first (without a login, or always while REQUIRE_AUTH=true)."}
+    if admin:
+        responses[403] = ok("The page, saying it is for admins.", content=text_content("text/html"))
+    return {"get": operation(op_id, tag, summary, responses, security=PUBLIC)}
 
 
 def pages_paths() -> dict[str, Any]:
     return {
-        "/": _html("pageHome", "pages", "Upload and live dictation page"),
-        "/admin": _html("pageAdmin", "pages", "Admin panel"),
-        "/history": _html("pageHistory", "pages", "History page"),
+        "/": _html("pageHome", "pages", "Upload and live dictation page", login=True),
+        "/admin": _html("pageAdmin", "pages", "Admin panel", login=True, admin=True),
+        "/history": _html("pageHistory", "pages", "History page", login=True),
+        "/login": _html("pageLogin", "pages", "Login (and registration) page"),
+        "/account": _html("pageAccount", "pages", "Your account: API tokens and password", login=True),
     }
 
 
@@ -595,7 +710,8 @@ def api_docs_paths() -> dict[str, Any]:
 
 PLUGIN_PATHS: dict[str, Callable[[], dict[str, Any]]] = {
     "health": health_paths, "upload": upload_paths, "openai_api": openai_paths, "history": history_paths,
-    "jobs": jobs_paths, "admin": admin_paths, "live_speech": live_speech_paths, "api_docs": api_docs_paths,
+    "jobs": jobs_paths, "auth": auth_paths, "admin": admin_paths, "live_speech": live_speech_paths,
+    "api_docs": api_docs_paths,
     "pages": pages_paths,
 }
 
@@ -615,8 +731,8 @@ def build_spec(plugins: tuple[str, ...] | None = None) -> dict[str, Any]:
                            "with the HTTP status; OpenAI-compatible routes live under /v1.",
         },
         "servers": [{"url": "/"}],
-        "tags": [{"name": n} for n in ("health", "transcription", "openai", "jobs", "history", "models", "admin",
-                                       "pages", "docs")],
+        "tags": [{"name": n} for n in ("health", "transcription", "openai", "jobs", "history", "auth", "models",
+                                       "admin", "pages", "docs")],
         "paths": paths,
         "components": components(),
     }

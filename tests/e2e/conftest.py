@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,11 +169,27 @@ def api(server: ServerProcess) -> requests.Session:
     return server.session()
 
 
-@pytest.fixture
-def admin(server: ServerProcess) -> requests.Session:
-    """A session logged in as admin, sending the CSRF token on changes."""
+def login(server: ServerProcess, username: str = "admin", password: str | None = None) -> requests.Session:
+    """A session logged in through POST /api/auth/login, sending the CSRF token on changes."""
     s = server.session()
-    r = s.post(server.url("/api/admin/login"), json={"password": server.admin_password}, timeout=10)
+    r = s.post(server.url("/api/auth/login"), json={"username": username,
+                                                   "password": password or server.admin_password}, timeout=30)
     assert r.status_code == 200, r.text
     s.headers["X-CSRF-Token"] = r.json()["csrf_token"]
     return s
+
+
+@pytest.fixture
+def admin(server: ServerProcess) -> requests.Session:
+    """A session logged in as the admin account, sending the CSRF token on changes."""
+    return login(server)
+
+
+def create_user(server: ServerProcess, admin: requests.Session, prefix: str = "user", role: str = "user",
+                password: str = "a long e2e password") -> tuple[str, str]:
+    """A new account on the (shared) server with a name no other test uses; returns (username, password)."""
+    username = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    r = admin.post(server.url("/api/admin/users"), json={"username": username, "password": password, "role": role},
+                   timeout=30)
+    assert r.status_code == 201, r.text
+    return username, password

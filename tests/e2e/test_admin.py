@@ -1,4 +1,4 @@
-"""The admin API on the real server: login, CSRF, API tokens, the generated password, model management.
+"""The admin API on the real server: login and its limits, CSRF, tokens, the generated password, model management.
 
 Tests that lock out logins or switch models run on their own servers (``start_server``), so the shared one
 keeps its model and accepts the other tests' logins. Nothing here deletes weights: MODELS_DIR is the checkout's.
@@ -7,27 +7,22 @@ keeps its model and accepts the other tests' logins. Nothing here deletes weight
 from __future__ import annotations
 
 import re
+import sqlite3
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import requests
 
 from tests.conftest import SPEECH_DIR
-from tests.e2e.conftest import ServerProcess, bench
+from tests.e2e.conftest import ServerProcess, bench, login
 from whisper_appliance.core.catalog import MODEL_NAMES
 
 GENERATED = re.compile(r"Admin password generated: (\S+)")
 JFK = SPEECH_DIR / "jfk.mp3"
-
-
-def login(server: ServerProcess, password: str | None = None) -> requests.Session:
-    s = server.session()
-    r = s.post(server.url("/api/admin/login"), json={"password": password or server.admin_password}, timeout=10)
-    assert r.status_code == 200, r.text
-    s.headers["X-CSRF-Token"] = r.json()["csrf_token"]
-    return s
 
 
 def wait_for(check: Callable[[], Any], what: str, timeout: float = 120) -> Any:
@@ -52,28 +47,33 @@ def transcribe(session: requests.Session, server: ServerProcess, path: Path) -> 
 
 # -- login and session ------------------------------------------------------------------------------------------
 def test_login_wrong_then_right(api, server):
-    r = api.post(server.url("/api/admin/login"), json={"password": "not-the-password"}, timeout=10)
+    r = api.post(server.url("/api/auth/login"), json={"username": "admin", "password": "not-the-password"},
+                 timeout=10)
     assert r.status_code == 401
-    assert r.json()["error"]["code"] == "invalid_password"
-    assert "failed admin login from 127.0.0.1" in server.log()
+    assert r.json()["error"]["code"] == "invalid_credentials"
+    assert "failed login for 'admin' from 127.0.0.1" in server.log()
 
-    assert api.get(server.url("/api/admin/session"), timeout=10).json() == {"admin": False}
-    r = api.post(server.url("/api/admin/login"), json={"password": server.admin_password}, timeout=10)
+    assert api.get(server.url("/api/auth/me"), timeout=10).json()["authenticated"] is False
+    r = api.post(server.url("/api/auth/login"), json={"username": "admin", "password": server.admin_password},
+                 timeout=10)
     assert r.status_code == 200
     csrf = r.json()["csrf_token"]
     assert len(csrf) >= 32
     cookie = next(c for c in api.cookies if c.name == "wa_session")
     assert cookie.secure and cookie.expires is not None  # a permanent session with a lifetime
-    assert api.get(server.url("/api/admin/session"), timeout=10).json() == {"admin": True, "csrf_token": csrf}
+    me = api.get(server.url("/api/auth/me"), timeout=10).json()
+    assert (me["username"], me["role"], me["csrf_token"]) == ("admin", "admin", csrf)
 
-    assert api.post(server.url("/api/admin/logout"), timeout=10).json() == {"admin": False}
-    assert api.get(server.url("/api/admin/session"), timeout=10).json() == {"admin": False}
+    assert api.post(server.url("/api/auth/logout"), timeout=10).json() == {"logged_out": True, "ended": 1}
+    assert api.get(server.url("/api/auth/me"), timeout=10).json()["authenticated"] is False
 
 
 def test_admin_actions_without_auth_are_401(api, server):
-    for method, path, body in (("get", "/api/admin/tokens", None), ("post", "/api/admin/tokens", {"label": "x"}),
-                               ("get", "/api/admin/settings", None), ("post", "/api/models/load", {"name": "base"}),
-                               ("delete", "/api/models/base", None), ("get", "/api/admin/backup", None)):
+    for method, path, body in (("get", "/api/admin/users", None),
+                               ("post", "/api/admin/users", {"username": "x", "password": "long enough!"}),
+                               ("get", "/api/admin/settings", None), ("get", "/api/admin/stats", None),
+                               ("post", "/api/models/load", {"name": "base"}), ("delete", "/api/models/base", None),
+                               ("get", "/api/admin/backup", None), ("get", "/api/auth/tokens", None)):
         r = getattr(api, method)(server.url(path), json=body, timeout=10)
         assert r.status_code == 401, (method, path, r.text)
         assert r.json()["error"]["code"] == "auth_required"
@@ -82,18 +82,18 @@ def test_admin_actions_without_auth_are_401(api, server):
 def test_cookie_changes_need_the_csrf_header(server):
     s = login(server)
     csrf = s.headers.pop("X-CSRF-Token")
-    r = s.post(server.url("/api/admin/tokens"), json={"label": "no csrf"}, timeout=10)
+    r = s.post(server.url("/api/auth/tokens"), json={"label": "no csrf"}, timeout=10)
     assert r.status_code == 403 and r.json()["error"]["code"] == "csrf_failed"
-    r = s.post(server.url("/api/admin/tokens"), json={"label": "with csrf"}, headers={"X-CSRF-Token": "wrong"},
+    r = s.post(server.url("/api/auth/tokens"), json={"label": "with csrf"}, headers={"X-CSRF-Token": "wrong"},
                timeout=10)
     assert r.status_code == 403
     assert s.get(server.url("/api/admin/settings"), timeout=10).status_code == 200  # reads need no header
 
-    r = s.post(server.url("/api/admin/tokens"), json={"label": "with csrf"}, headers={"X-CSRF-Token": csrf},
+    r = s.post(server.url("/api/auth/tokens"), json={"label": "with csrf"}, headers={"X-CSRF-Token": csrf},
                timeout=10)
     assert r.status_code == 201
     s.headers["X-CSRF-Token"] = csrf
-    assert s.delete(server.url(f"/api/admin/tokens/{r.json()['id']}"), timeout=10).status_code == 200
+    assert s.delete(server.url(f"/api/auth/tokens/{r.json()['id']}"), timeout=10).status_code == 200
 
 
 def test_settings_show_no_secrets(admin, server):
@@ -104,49 +104,69 @@ def test_settings_show_no_secrets(admin, server):
     assert server.admin_password not in text and server.token not in text
 
 
-def test_bearer_token_has_admin_rights(server):
+def test_api_keys_transcribe_but_do_not_administer(server):
     s = server.session(token=server.token)
-    assert s.get(server.url("/api/admin/settings"), timeout=10).status_code == 200
-    r = s.post(server.url("/api/admin/tokens"), json={"label": "made with a bearer token"}, timeout=10)
-    assert r.status_code == 201
-    assert s.delete(server.url(f"/api/admin/tokens/{r.json()['id']}"), timeout=10).json() == {"deleted": r.json()["id"]}
+    assert s.get(server.url("/api/history"), timeout=10).status_code == 200
+    r = s.get(server.url("/api/admin/settings"), timeout=10)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "insufficient_scope"
+    r = s.post(server.url("/api/auth/tokens"), json={"label": "made with an API key"}, timeout=10)
+    assert r.status_code == 403
     bad = server.session(token="wa_not-a-real-token")
     assert bad.get(server.url("/api/admin/settings"), timeout=10).status_code == 401
 
 
-def test_created_token_works_until_revoked(admin, server):
-    r = admin.post(server.url("/api/admin/tokens"), json={"label": "e2e laptop"}, timeout=10)
+def test_personal_token_works_until_revoked(admin, server):
+    r = admin.post(server.url("/api/auth/tokens"), json={"label": "e2e laptop", "scope": "admin"}, timeout=10)
     assert r.status_code == 201
     created = r.json()
-    assert set(created) >= {"token", "id", "label", "created_at"} and created["label"] == "e2e laptop"
+    assert set(created) >= {"token", "id", "label", "scope", "created_at"} and created["label"] == "e2e laptop"
 
-    listed = admin.get(server.url("/api/admin/tokens"), timeout=10).json()["tokens"]
+    listed = admin.get(server.url("/api/auth/tokens"), timeout=10).json()["tokens"]
     mine = [t for t in listed if t["id"] == created["id"]]
     assert len(mine) == 1 and "token" not in mine[0]
     assert created["token"] not in str(listed)
     # Only a digest reaches the disk.
-    assert created["token"] not in (server.data_dir / "auth.json").read_text()
+    for path in server.data_dir.rglob("*"):
+        if path.is_file():
+            assert created["token"].encode() not in path.read_bytes(), path
 
     user = server.session(token=created["token"])
-    assert user.get(server.url("/api/admin/tokens"), timeout=10).status_code == 200
+    assert user.get(server.url("/api/admin/settings"), timeout=10).status_code == 200  # an admin-scope token
 
-    assert admin.delete(server.url(f"/api/admin/tokens/{created['id']}"), timeout=10).status_code == 200
-    r = user.get(server.url("/api/admin/tokens"), timeout=10)
+    assert admin.delete(server.url(f"/api/auth/tokens/{created['id']}"), timeout=10).status_code == 200
+    r = user.get(server.url("/api/admin/settings"), timeout=10)
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_token"
-    assert admin.delete(server.url(f"/api/admin/tokens/{created['id']}"), timeout=10).status_code == 404
+    assert admin.delete(server.url(f"/api/auth/tokens/{created['id']}"), timeout=10).status_code == 404
 
 
 def test_failed_logins_are_rate_limited(start_server):
     srv = start_server(wait_ready=False, WHISPER_MODEL="medium")  # no model needed; "medium" fails at once
     s = srv.session()
-    codes = [s.post(srv.url("/api/admin/login"), json={"password": f"guess-{i}"}, timeout=10).status_code
-             for i in range(11)]
+    codes = [s.post(srv.url("/api/auth/login"), json={"username": "admin", "password": f"guess-{i}"},
+                    timeout=30).status_code for i in range(11)]
     assert codes == [401] * 10 + [429]
-    r = s.post(srv.url("/api/admin/login"), json={"password": srv.admin_password}, timeout=10)
+    r = s.post(srv.url("/api/auth/login"), json={"username": "admin", "password": srv.admin_password}, timeout=10)
     assert r.status_code == 429
     assert r.json()["error"]["code"] == "rate_limited"
     assert int(r.headers["Retry-After"]) > 0
-    assert srv.log().count("failed admin login from 127.0.0.1") == 10
+    assert srv.log().count("failed login for 'admin' from 127.0.0.1") == 10
+
+
+def test_the_login_limit_holds_against_parallel_guesses(start_server):
+    """60 guesses sent at once, over as many connections: only 10 get their password checked."""
+    srv = start_server(wait_ready=False, WHISPER_MODEL="medium")
+    start = threading.Barrier(60)
+
+    def guess(i: int) -> int:
+        s = srv.session()
+        start.wait()
+        return s.post(srv.url("/api/auth/login"), json={"username": f"user{i % 3}", "password": f"guess {i}"},
+                      timeout=120).status_code
+
+    with ThreadPoolExecutor(60) as pool:
+        codes = list(pool.map(guess, range(60)))
+    assert sorted(codes) == [401] * 10 + [429] * 50
+    assert srv.log().count("failed login for") == 10
 
 
 def test_generated_admin_password_is_logged_once_and_survives_a_restart(start_server):
@@ -157,15 +177,19 @@ def test_generated_admin_password_is_logged_once_and_survives_a_restart(start_se
     for path in srv.data_dir.rglob("*"):
         if path.is_file():
             assert password.encode() not in path.read_bytes(), f"plaintext password found in {path}"
-    assert "scrypt$" in (srv.data_dir / "auth.json").read_text()
-    login(srv, password)
-    assert srv.session().post(srv.url("/api/admin/login"), json={"password": "e2e-admin-password"},
+    assert b"scrypt$" not in (srv.data_dir / "auth.json").read_bytes()  # the hash lives in the database now
+    with sqlite3.connect(srv.data_dir / "appliance.db") as conn:
+        [(stored,)] = conn.execute("SELECT password_hash FROM users WHERE username = 'admin'").fetchall()
+    assert stored.startswith("scrypt$")
+    login(srv, "admin", password)
+    assert srv.session().post(srv.url("/api/auth/login"), json={"username": "admin",
+                                                               "password": "e2e-admin-password"},
                               timeout=10).status_code == 401
 
     srv.stop()
     srv.start(wait_ready=False)
     assert GENERATED.findall(srv.log()) == [password]  # both runs' output: logged by the first only
-    login(srv, password)
+    login(srv, "admin", password)
 
 
 # -- models ------------------------------------------------------------------------------------------------------

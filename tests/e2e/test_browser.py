@@ -3,14 +3,17 @@
 Live dictation runs the whole chain the way a person uses it: Chromium's fake microphone plays a speech file in
 real time -> getUserMedia -> the AudioWorklet (pcm16) or MediaRecorder (webm) -> Socket.IO over HTTPS -> the
 server's streaming sessions -> the text on the page, scored by word error rate against the reference.
-Also: file upload (direct and as a job), the history page's XSS safety and highlighting, the admin login,
-and degraded mode. Every page is checked for script errors and CSP violations.
+Also: file upload (direct and as a job), the history page's XSS safety and highlighting, logging in (the admin
+page's users, the account page's tokens), two accounts that each see only their own history, logging out, and
+degraded mode. Every page is checked for script errors and CSP violations.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 import subprocess
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import reference_text
+from tests.e2e.conftest import create_user, login
 from whisper_appliance.core.wer import word_error_rate
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
@@ -193,8 +197,9 @@ def test_live_dictation_survives_a_dropped_connection(server, speech_dir, tmp_pa
     # The audio the server did not have, including what was captured during the gap, was sent after the resume.
     assert wer <= MAX_LIVE_WER, shown["text"]
     history_id = int(shown["status"].split("#")[1].split(")")[0])
-    items = server.session(token=server.token).get(server.url("/api/history"), params={"source": "live", "limit": 100},
-                                                   timeout=10).json()["items"]
+    # The page dictated anonymously: the session went to the guests' shared history.
+    items = server.session().get(server.url("/api/history"), params={"source": "live", "limit": 100},
+                                 timeout=10).json()["items"]
     entries = [e for e in items if (e.get("metadata") or {}).get("session_id") == seen["session_before"]]
     assert [e["id"] for e in entries] == [history_id]
     assert word_error_rate(entries[0]["text"], shown["text"]) == 0.0
@@ -229,7 +234,8 @@ def test_history_renders_transcripts_as_text(server, admin, tmp_path):
     entry = {"text": f"{XSS} hello {marker} <b>bold</b>", "filename": f"{XSS}.wav", "source": "upload",
              "created_at": stamp, "language": "en", "duration": 3.0,
              "segments": [{"start": 0.0, "end": 3.0, "text": f"{XSS} hello {marker}"}]}
-    r = admin.post(server.url("/api/history/import"), json=[entry], timeout=30)
+    # Into the guests' shared history: the page is opened without logging in.
+    r = admin.post(server.url("/api/history/import"), params={"owner": "guest"}, json=[entry], timeout=30)
     assert r.status_code == 200, r.text
 
     with chromium() as context:
@@ -256,36 +262,117 @@ def test_history_renders_transcripts_as_text(server, admin, tmp_path):
     assert "transcripts" in stats
 
 
-# -- admin -------------------------------------------------------------------------------------------------------
-def test_admin_login_lists_models_and_logs_out(server, tmp_path):
+# -- accounts ----------------------------------------------------------------------------------------------------
+def log_in(page, username: str, password: str) -> None:
+    page.get_by_test_id("login-username").fill(username)
+    page.get_by_test_id("login-password").fill(password)
+    page.get_by_test_id("login-submit").click()
+
+
+def test_admin_logs_in_manages_users_and_logs_out(server, tmp_path):
     expect = playwright_sync.expect
+    newcomer = f"browser-{uuid.uuid4().hex[:8]}"
     with chromium() as context:
         page, problems = open_page(context, server.url("/admin"))
-        expect(page.get_by_test_id("login-card")).to_be_visible()
-        page.get_by_test_id("login-password").fill("not-the-password")
-        page.get_by_test_id("login-submit").click()
-        expect(page.get_by_test_id("login-status")).to_have_text("Wrong password.")
+        expect(page).to_have_url(re.compile(r"/login\?next=/admin$"))  # /admin wants a login first
+        log_in(page, "admin", "not-the-password")
+        expect(page.get_by_test_id("login-status")).to_have_text("Wrong username or password.")
 
-        page.get_by_test_id("login-password").fill(server.admin_password)
-        page.get_by_test_id("login-submit").click()
-        expect(page.get_by_test_id("admin-panel")).to_be_visible()
+        log_in(page, "admin", server.admin_password)
+        expect(page.get_by_test_id("admin-panel")).to_be_visible()  # back where it was going
+        expect(page.get_by_test_id("account-name")).to_have_text("admin")
         tiny = page.get_by_test_id("model-row").filter(has_text="tiny.en")
         expect(tiny).to_contain_text("loaded")
         expect(page.get_by_test_id("model-current")).to_contain_text("tiny.en · ready")
         expect(page.get_by_test_id("model-current")).not_to_contain_text("null")
         expect(page.get_by_test_id("settings-table")).to_contain_text("whisper_model")
         expect(page.get_by_test_id("settings-table")).not_to_contain_text(server.admin_password)
-        # A reload keeps the session (the CSRF token comes back from /api/admin/session).
+        expect(page.get_by_test_id("users-table")).to_contain_text("admin")
+
+        page.get_by_test_id("user-name").fill(newcomer)
+        page.get_by_test_id("user-password").fill("a long browser password")
+        page.get_by_test_id("user-create").click()
+        row = page.get_by_test_id("user-row").filter(has_text=newcomer)
+        expect(row).to_contain_text("active")
+        row.get_by_role("button", name="Disable").click()
+        expect(page.get_by_test_id("user-row").filter(has_text=newcomer)).to_contain_text("disabled")
+        # A reload keeps the session (the CSRF token comes back from /api/auth/me).
         page.reload()
         expect(page.get_by_test_id("admin-panel")).to_be_visible()
-        page.locator("#token-label").fill("browser-test")
-        page.locator("#token-form button").click()
-        expect(page.get_by_test_id("token-new")).to_be_visible()
-        assert len(page.locator("#token-new-value").inner_text()) >= 20
         page.screenshot(path=str(tmp_path / "admin-page.png"), full_page=True)
+
+        page.goto(server.url("/account"))
+        page.get_by_test_id("token-label").fill("browser-test")
+        page.get_by_test_id("token-create").click()
+        expect(page.get_by_test_id("token-new")).to_be_visible()
+        token = page.get_by_test_id("token-new-value").inner_text()
+        expect(page.get_by_test_id("token-row").filter(has_text="browser-test")).to_contain_text("transcribe")
+
         page.get_by_test_id("logout").click()
         expect(page.get_by_test_id("login-card")).to_be_visible()
-    assert problems.errors == []
+        page.goto(server.url("/admin"))
+        expect(page.get_by_test_id("login-card")).to_be_visible()  # logged out: /admin sends to /login again
+    assert problems.errors == [] and problems.dialogs == []
+    assert len(token) >= 20
+    assert server.session(token=token).get(server.url("/api/auth/me"), timeout=10).json()["username"] == "admin"
+
+
+def test_users_dictate_and_see_only_their_own_history(server, admin, speech_dir, tmp_path):
+    """Two accounts: the one who dictates finds the dictation in their history and nobody else's entries; after
+    logging out, the guest history does not show it; the other account's history does not either."""
+    expect = playwright_sync.expect
+    alice, alice_password = create_user(server, admin, "alice")
+    bob, bob_password = create_user(server, admin, "bob")
+    marker = uuid.uuid4().hex[:10]
+    for owner in (bob, "guest"):
+        entry = {"text": f"{owner} private note {marker}", "created_at": dt.datetime.now(dt.UTC).isoformat(),
+                 "source": "upload"}
+        assert admin.post(server.url("/api/history/import"), params={"owner": owner}, json=[entry],
+                          timeout=30).json()["imported"] == 1
+
+    wav, seconds = fake_mic_wav(speech_file(speech_dir, "jfk"), tmp_path)
+    with chromium(wav) as context:
+        page, problems = open_page(context, server.url("/login"))
+        log_in(page, alice, alice_password)
+        expect(page.get_by_test_id("account-name")).to_have_text(alice)
+        shown = dictate(page, "pcm16", seconds)
+        assert "Saved to history" in shown["status"], shown["status"]
+        history_id = int(shown["status"].split("#")[1].split(")")[0])
+
+        page.goto(server.url("/history"))
+        entries = page.get_by_test_id("history-entry")
+        expect(entries).to_have_count(1, timeout=30_000)  # a new account: its one dictation and nothing else
+        expect(entries.first).to_contain_text("Dictation")
+        mine = entries.first.inner_text()
+        expect(page.get_by_test_id("history-stats")).to_contain_text("1")
+        page.screenshot(path=str(tmp_path / "history-of-one-user.png"), full_page=True)
+
+        page.get_by_test_id("logout").click()
+        expect(page.get_by_test_id("login-card")).to_be_visible()
+        page.goto(server.url("/history"))
+        playwright_sync.expect(page.get_by_test_id("login-link")).to_be_visible()
+        page.get_by_test_id("history-q").fill(marker)
+        page.get_by_test_id("history-q").press("Enter")
+        expect(page.get_by_test_id("history-entry")).to_have_count(1, timeout=30_000)
+        guest_view = page.get_by_test_id("history-list").inner_text()
+
+        page.goto(server.url("/login"))
+        log_in(page, bob, bob_password)
+        expect(page.get_by_test_id("account-name")).to_have_text(bob)
+        page.goto(server.url("/history"))
+        expect(page.get_by_test_id("history-entry")).to_have_count(1, timeout=30_000)
+        bob_view = page.get_by_test_id("history-list").inner_text()
+    assert problems.errors == [] and problems.dialogs == []
+    assert word_error_rate(reference_text("jfk"), shown["text"]) <= MAX_LIVE_WER
+    assert marker not in mine and "country" in mine.lower()
+    assert f"guest private note {marker}" in guest_view and "bob" not in guest_view
+    assert f"{bob} private note {marker}" in bob_view and "country" not in bob_view.lower()
+    # The API agrees: the dictation is Alice's, and 404 for Bob and for guests.
+    alice_api = login(server, alice, alice_password)
+    assert alice_api.get(server.url(f"/api/history/{history_id}"), timeout=10).json()["source"] == "live"
+    assert login(server, bob, bob_password).get(server.url(f"/api/history/{history_id}"), timeout=10
+                                                ).status_code == 404
+    assert server.session().get(server.url(f"/api/history/{history_id}"), timeout=10).status_code == 404
 
 
 # -- degraded mode -----------------------------------------------------------------------------------------------

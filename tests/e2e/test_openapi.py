@@ -1,12 +1,13 @@
 """Schemathesis against the live server: generated requests from /api/openapi.json find no 5xx and no response
 that breaks the spec (status codes, content types, headers, schemas).
 
-Requests carry the API token (admin rights), so admin reads are checked too. Operations that would change the
-shared server's state for the other e2e tests are left out:
-  * model load / cancel / delete (would unload tiny.en), database restore, admin password change;
-  * admin login (random passwords would trip the failed-login rate limit for 127.0.0.1);
-  * token creation and revocation, history edit / delete / bulk delete / import, job cancel/delete
-    (they change or remove data other tests read).
+Requests carry an admin-scope token of the admin account, so admin reads are checked too. Operations that would
+change the shared server's state for the other e2e tests are left out:
+  * model load / cancel / delete (would unload tiny.en), database restore;
+  * logins, the token grant, registration and password changes (random passwords would trip the failed-login
+    limit for 127.0.0.1 and for the admin), logout;
+  * user and token creation, change and deletion, history edit / delete / bulk delete / import, job
+    cancel/delete (they change or remove data other tests read).
 Uploads cannot be valid audio when generated, so on them "valid by the schema" still gets 400/415; the
 positive-data-acceptance check is skipped there only.
 """
@@ -23,10 +24,14 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from whisper_appliance.openapi import build_spec
 
+from .conftest import login
+
 EXCLUDED = {
     ("POST", "/api/models/load"), ("POST", "/api/models/cancel"), ("DELETE", "/api/models/{name}"),
-    ("POST", "/api/admin/restore"), ("POST", "/api/admin/password"), ("POST", "/api/admin/login"),
-    ("POST", "/api/admin/tokens"), ("DELETE", "/api/admin/tokens/{token_id}"),
+    ("POST", "/api/admin/restore"), ("POST", "/api/auth/password"), ("POST", "/api/auth/login"),
+    ("POST", "/api/auth/token"), ("POST", "/api/auth/register"), ("POST", "/api/auth/logout"),
+    ("POST", "/api/auth/tokens"), ("DELETE", "/api/auth/tokens/{token_id}"),
+    ("POST", "/api/admin/users"), ("PATCH", "/api/admin/users/{user_id}"), ("DELETE", "/api/admin/users/{user_id}"),
     ("PATCH", "/api/history/{entry_id}"), ("DELETE", "/api/history/{entry_id}"), ("POST", "/api/history/delete"),
     ("POST", "/api/history/import"), ("DELETE", "/api/jobs/{job_id}"),
 }
@@ -44,7 +49,9 @@ def live_schema(server):
 
 @pytest.fixture(scope="module")
 def http(server) -> requests.Session:
-    return server.session(token=server.token)
+    token = login(server).post(server.url("/api/auth/tokens"), json={"label": "schemathesis", "scope": "admin"},
+                               timeout=10).json()["token"]
+    return server.session(token=token)
 
 
 # Parametrised from the spec module at collection time (the live server is not up yet); the test then checks the

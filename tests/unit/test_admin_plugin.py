@@ -9,76 +9,29 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import sqlite3
+import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from whisper_appliance import app as app_module
 from whisper_appliance.core.config import Settings
-from whisper_appliance.core.engines.base import Engine
-from whisper_appliance.core.records import LanguageDetection, TranscriptionInfo
+from whisper_appliance.core.identity import SYSTEM
 from whisper_appliance.http import limiter
-from whisper_appliance.plugins.history import retention_loop
 from whisper_appliance.services.appliance import Appliance
 from whisper_appliance.services.database import Database
 from whisper_appliance.services.history import HistoryStore
 from whisper_appliance.services.model_manager import ModelManager
+from whisper_appliance.services.retention import RetentionTask
 
-PASSWORD = "unit-admin-password"
-TOKEN = "unit-api-token"
-HTTPS = "https://localhost"
-
-
-class FakeEngine(Engine):
-    engine_name = "faster-whisper"
-
-    def transcribe(self, audio, options):
-        return iter(()), TranscriptionInfo("en", 1.0, len(audio) / 16000)
-
-    def detect_language(self, audio):
-        return LanguageDetection("en", 1.0)
-
-    def close(self) -> None:
-        pass
-
-
-def fake_factory(engine, model_name, path, *, device, compute_type, cpu_threads, workers):
-    return FakeEngine(model_name, "cpu", "int8")
-
-
-def fake_weights(models_dir: Path, name: str) -> None:
-    d = models_dir / name
-    d.mkdir(parents=True)
-    for f in ("model.bin", "config.json", "tokenizer.json"):
-        (d / f).write_text("{}")
-
-
-class Client:
-    """The test client over https (the session cookie is Secure), with an optional CSRF header."""
-
-    def __init__(self, app) -> None:
-        self.inner = app.test_client()
-        self.headers: dict[str, str] = {}
-
-    def __getattr__(self, method):
-        def call(path, **kwargs):
-            headers = {**self.headers, **kwargs.pop("headers", {})}
-            return getattr(self.inner, method)(path, base_url=HTTPS, headers=headers, **kwargs)
-        return call
-
-    def login(self) -> Client:
-        r = self.post("/api/admin/login", json={"password": PASSWORD})
-        assert r.status_code == 200, r.get_json()
-        self.headers["X-CSRF-Token"] = r.get_json()["csrf_token"]
-        return self
+from .fakes import silent_factory
+from .web import PASSWORD, TOKEN, Client, fake_weights
 
 
 @pytest.fixture
 def make_app(tmp_path, monkeypatch):
-    monkeypatch.setattr(app_module, "PLUGINS", ("health", "admin", "history"))
+    monkeypatch.setattr(app_module, "PLUGINS", ("health", "auth", "admin", "history"))
     built = []
 
     def make(**overrides):
@@ -90,7 +43,7 @@ def make_app(tmp_path, monkeypatch):
                       admin_password=PASSWORD, api_keys=(TOKEN,), whisper_model="tiny.en", model_downloads=False)
         values.update(overrides)
         settings = Settings(**values).validated()
-        appliance = Appliance.build(settings, models=ModelManager(settings, engine_factory=fake_factory))
+        appliance = Appliance.build(settings, models=ModelManager(settings, engine_factory=silent_factory))
         app = app_module.create_app(settings, appliance=appliance, start_services=False)
         limiter.reset()
         built.append(appliance)
@@ -123,57 +76,116 @@ def add_entry(appliance, text, **extra):
     return appliance.history.add(text=text, **values)
 
 
-# -- login and session -------------------------------------------------------------------------------------------
-def test_login_wrong_password_is_401_and_logged(app, caplog):
-    caplog.set_level(logging.WARNING, logger="whisper_appliance.plugins.admin")
-    r = Client(app).post("/api/admin/login", json={"password": "nope"})
-    assert r.status_code == 401
-    assert r.get_json()["error"]["code"] == "invalid_password"
-    assert any("failed admin login" in rec.getMessage() for rec in caplog.records)
-
-
-def test_login_sets_a_session_with_csrf(app):
-    c = Client(app).login()
-    r = c.get("/api/admin/session")
-    assert r.get_json() == {"admin": True, "csrf_token": c.headers["X-CSRF-Token"]}
-    assert c.post("/api/admin/logout").get_json() == {"admin": False}
-    assert c.get("/api/admin/session").get_json() == {"admin": False}
-    assert c.get("/api/admin/tokens").status_code == 401
-
-
-def test_login_body_must_be_json(app):
-    r = Client(app).post("/api/admin/login", data="password=x")
-    assert r.status_code == 400
-
-
-def test_failed_logins_are_rate_limited_but_good_ones_do_not_count(app):
-    c = Client(app)
-    for _ in range(12):
-        c.login()
-    codes = [c.post("/api/admin/login", json={"password": "bad"}).status_code for _ in range(11)]
-    assert codes[:10] == [401] * 10
-    assert codes[10] == 429
-    r = c.post("/api/admin/login", json={"password": PASSWORD})
-    assert r.status_code == 429
-    assert r.get_json()["error"]["code"] == "rate_limited"
-
-
-def test_admin_routes_need_auth_and_csrf(app):
+# -- access ------------------------------------------------------------------------------------------------------
+def test_admin_routes_need_an_admin_login_or_admin_token_and_csrf(app, appliance):
     anon = Client(app)
     assert anon.get("/api/admin/settings").status_code == 401
-    assert anon.post("/api/admin/tokens", json={"label": "x"}).status_code == 401
+    r = anon.post("/api/admin/users", json={"username": "x", "password": "a long enough password"})
+    assert r.status_code == 401 and r.get_json()["error"]["code"] == "auth_required"
 
     c = Client(app).login()
     csrf = c.headers.pop("X-CSRF-Token")
-    r = c.post("/api/admin/tokens", json={"label": "x"})
+    r = c.post("/api/admin/users", json={"username": "bob", "password": "a long enough password"})
     assert r.status_code == 403 and r.get_json()["error"]["code"] == "csrf_failed"
     assert c.get("/api/admin/settings").status_code == 200  # reads need no CSRF header
     c.headers["X-CSRF-Token"] = csrf
-    assert c.post("/api/admin/tokens", json={"label": "x"}).status_code == 201
+    assert c.post("/api/admin/users", json={"username": "bob", "password": "a long enough password"}).status_code == 201
 
-    bearer = Client(app)
-    bearer.headers["Authorization"] = f"Bearer {TOKEN}"
-    assert bearer.post("/api/admin/tokens", json={"label": "y"}).status_code == 201
+    api_key = Client(app)  # API_KEYS are transcribe tokens of the admin: no administration with them
+    api_key.headers["Authorization"] = f"Bearer {TOKEN}"
+    r = api_key.get("/api/admin/settings")
+    assert r.status_code == 403 and r.get_json()["error"]["code"] == "insufficient_scope"
+    admin_token = c.post("/api/auth/tokens", json={"label": "ops", "scope": "admin"}).get_json()["token"]
+    ops = Client(app)
+    ops.headers["Authorization"] = f"Bearer {admin_token}"
+    assert ops.get("/api/admin/settings").status_code == 200
+    bob = Client(app).login("bob", "a long enough password")
+    r = bob.get("/api/admin/users")
+    assert r.status_code == 403 and r.get_json()["error"]["code"] == "admin_required"
+
+
+# -- users -------------------------------------------------------------------------------------------------------
+def test_create_list_and_change_users(app, appliance):
+    c = Client(app).login()
+    r = c.post("/api/admin/users", json={"username": "alice", "password": "a long enough password"})
+    assert r.status_code == 201
+    alice = r.get_json()
+    assert (alice["username"], alice["role"], alice["disabled"]) == ("alice", "user", False)
+    assert "password" not in json.dumps(alice) and "hash" not in json.dumps(alice)
+    assert c.post("/api/admin/users", json={"username": "ALICE", "password": "a long enough password"}
+                  ).status_code == 409
+    assert c.post("/api/admin/users", json={"username": "carol", "password": "short"}).status_code == 400
+    assert c.post("/api/admin/users", json={"username": "carol", "password": "a long enough password",
+                                            "role": "root"}).status_code == 400
+    assert [u["username"] for u in c.get("/api/admin/users").get_json()["users"]] == ["admin", "alice"]
+
+    session = Client(app).login("alice", "a long enough password")
+    assert session.get("/api/auth/me").get_json()["username"] == "alice"
+    r = c.patch(f"/api/admin/users/{alice['id']}", json={"disabled": True})
+    assert r.status_code == 200 and r.get_json()["disabled"] is True
+    me = session.get("/api/auth/me").get_json()
+    assert me["authenticated"] is False  # the copied cookie's session ended with the account
+    assert Client(app).post("/api/auth/login", json={"username": "alice", "password": "a long enough password"}
+                            ).status_code == 403
+    assert c.patch(f"/api/admin/users/{alice['id']}", json={"disabled": False, "role": "admin",
+                                                            "password": "a reset long password"}).status_code == 200
+    promoted = Client(app).login("alice", "a reset long password")
+    assert promoted.get("/api/admin/users").status_code == 200
+    for body in ({}, {"name": "x"}, {"disabled": "yes"}, {"role": "root"}, {"password": "short"}):
+        assert c.patch(f"/api/admin/users/{alice['id']}", json=body).status_code == 400, body
+    assert c.patch("/api/admin/users/999", json={"role": "user"}).status_code == 404
+    assert c.patch("/api/admin/users/abc", json={"role": "user"}).status_code == 404
+    admin_id = c.get("/api/auth/me").get_json()["id"]
+    r = c.patch(f"/api/admin/users/{admin_id}", json={"disabled": True})
+    assert r.status_code == 409
+
+
+def test_delete_a_user_with_their_data_or_handing_it_over(app, appliance):
+    c = Client(app).login()
+    ids = {}
+    for name in ("alice", "bob", "carol"):
+        ids[name] = c.post("/api/admin/users", json={"username": name, "password": "a long enough password"}
+                           ).get_json()["id"]
+    add_entry(appliance, "alice says hello", owner_id=ids["alice"])
+    add_entry(appliance, "bob says hello", owner_id=ids["bob"])
+    guest = add_entry(appliance, "a guest says hello")
+    assert c.delete(f"/api/admin/users/{ids['alice']}").status_code == 400  # say what happens to the data
+    assert c.delete(f"/api/admin/users/{ids['alice']}?data=delete&transfer_to={ids['bob']}").status_code == 400
+    assert c.delete(f"/api/admin/users/{ids['alice']}?transfer_to={ids['alice']}").status_code == 400
+    assert c.delete(f"/api/admin/users/{ids['alice']}?transfer_to=999").status_code == 404
+
+    r = c.delete(f"/api/admin/users/{ids['alice']}?transfer_to={ids['carol']}")
+    assert r.status_code == 200
+    assert r.get_json() == {"deleted": ids["alice"], "username": "alice", "entries": 1, "jobs": 0,
+                            "transferred_to": ids["carol"]}
+    carol = Client(app).login("carol", "a long enough password")
+    assert [i["text"] for i in carol.get("/api/history").get_json()["items"]] == ["alice says hello"]
+    assert Client(app).post("/api/auth/login", json={"username": "alice", "password": "a long enough password"}
+                            ).status_code == 401
+
+    r = c.delete(f"/api/admin/users/{ids['bob']}?data=delete")
+    assert r.status_code == 200 and r.get_json()["entries"] == 1
+    texts = [i["text"] for i in c.get("/api/history").get_json()["items"]]
+    assert sorted(texts) == ["a guest says hello", "alice says hello"]
+    assert c.get(f"/api/history/{guest.id}").status_code == 200
+    assert c.delete(f"/api/admin/users/{ids['bob']}?data=delete").status_code == 404
+    admin_id = c.get("/api/auth/me").get_json()["id"]
+    assert c.delete(f"/api/admin/users/{admin_id}?data=delete").status_code == 409
+
+
+def test_admin_stats_per_user(app, appliance):
+    c = Client(app).login()
+    alice = c.post("/api/admin/users", json={"username": "alice", "password": "a long enough password"}).get_json()
+    add_entry(appliance, "x" * 1000, owner_id=alice["id"], duration=1800.0)
+    add_entry(appliance, "guest words", duration=360.0)
+    body = c.get("/api/admin/stats").get_json()
+    rows = {u["username"]: u for u in body["users"]}
+    assert rows["alice"]["entries"] == 1 and rows["alice"]["audio_hours"] == 0.5
+    assert rows["alice"]["storage_bytes"] > 1000 and rows["alice"]["jobs"]["completed"] == 0
+    assert rows["admin"]["entries"] == 0
+    assert body["guest"]["entries"] == 1 and body["guest"]["audio_hours"] == 0.1
+    assert body["totals"]["entries"] == 2 and body["totals"]["users"] == 2
+    assert body["totals"]["database_bytes"] > 0
 
 
 def test_settings_hide_secrets(app):
@@ -181,25 +193,6 @@ def test_settings_hide_secrets(app):
     assert body["whisper_model"] == "tiny.en"
     assert "admin_password" not in body and "api_keys" not in body
     assert PASSWORD not in json.dumps(body) and TOKEN not in json.dumps(body)
-
-
-def test_tokens_create_use_revoke(app):
-    c = Client(app).login()
-    r = c.post("/api/admin/tokens", json={"label": "laptop"})
-    assert r.status_code == 201
-    created = r.get_json()
-    assert created["label"] == "laptop" and created["token"].startswith("wa_")
-    listed = c.get("/api/admin/tokens").get_json()["tokens"]
-    assert [t["label"] for t in listed] == ["API_KEYS #1", "laptop"]
-    assert created["token"] not in json.dumps(listed)
-
-    user = Client(app)
-    user.headers["Authorization"] = f"Bearer {created['token']}"
-    assert user.get("/api/admin/settings").status_code == 200
-    assert c.delete(f"/api/admin/tokens/{created['id']}").get_json() == {"deleted": created["id"]}
-    assert user.get("/api/admin/settings").status_code == 401
-    assert c.delete(f"/api/admin/tokens/{created['id']}").status_code == 404
-    assert c.post("/api/admin/tokens", json={"label": "  "}).status_code == 400
 
 
 # -- models ------------------------------------------------------------------------------------------------------
@@ -345,8 +338,17 @@ def test_export_import_round_trip(make_app, tmp_path):
         again = c.post("/api/history/import", data={"file": (io.BytesIO(data), "no-extension")},
                        content_type="multipart/form-data")
         assert again.get_json()["skipped_duplicates"] == 2
-        entries = json.loads(Client(target_app).get("/api/history/export").get_data())
+        # Imported entries join the importing admin's history unless ?owner= names another owner.
+        assert json.loads(Client(target_app).get("/api/history/export").get_data()) == []
+        entries = json.loads(c.get("/api/history/export").get_data())
         assert sorted((e["created_at"], e["text"], e["source"]) for e in entries) == sorted(originals)
+        r = c.post("/api/history/import?owner=guest", data={"file": (io.BytesIO(data), f"history.{fmt}")},
+                   content_type="multipart/form-data")
+        assert r.get_json()["imported"] == 2  # another owner's copies are not duplicates
+        assert len(json.loads(Client(target_app).get("/api/history/export").get_data())) == 2
+        r = c.post("/api/history/import?owner=nobody", data={"file": (io.BytesIO(data), f"history.{fmt}")},
+                   content_type="multipart/form-data")
+        assert r.status_code == 400 and r.get_json()["error"]["code"] == "unknown_user"
 
 
 def test_import_rejects_bad_input(app):
@@ -403,21 +405,16 @@ def test_backup_and_restore(app, appliance, tmp_path):
     assert not list((tmp_path / "data" / "tmp").iterdir())
 
 
-class _StopLoop(Exception):
-    pass
+def wait_until(condition, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
-class _Sleeper:
-    def __init__(self, rounds: int) -> None:
-        self.rounds, self.slept = rounds, []
-
-    def sleep(self, seconds):
-        self.slept.append(seconds)
-        if len(self.slept) >= self.rounds:
-            raise _StopLoop
-
-
-def test_retention_loop_purges_every_round_and_survives_failures(appliance, caplog):
+def test_retention_purges_every_round_and_survives_failures(appliance, caplog):
     add_entry(appliance, "old", created_at="2001-01-01T00:00:00Z")
     add_entry(appliance, "recent")
     calls = []
@@ -428,29 +425,38 @@ def test_retention_loop_purges_every_round_and_survives_failures(appliance, capl
             raise RuntimeError("disk hiccup")
         return appliance.history.purge_older_than(days)
 
-    sleeper = _Sleeper(rounds=2)
-    with pytest.raises(_StopLoop):
-        retention_loop(sleeper, purge, 7)
-    assert calls == [7, 7] and sleeper.slept == [3600, 3600]
+    task = RetentionTask(purge, 7, interval=0.01)
+    task.start()
+    try:
+        assert wait_until(lambda: task.rounds >= 3)
+    finally:
+        task.stop()
+    assert not task.running
+    assert set(calls) == {7} and len(calls) >= 3
     assert "history retention clean-up failed" in caplog.text
     assert [i["text"] for i in stored_entries(appliance)] == ["recent"]
 
 
 def stored_entries(appliance):
-    return [h.entry.to_dict() for h in appliance.history.search().items]
+    return [h.entry.to_dict() for h in appliance.history.search(SYSTEM).items]
 
 
-def test_retention_task_starts_with_the_app(make_app, tmp_path):
+def test_building_the_app_starts_no_thread_and_start_begins_retention(make_app, tmp_path):
     data_dir = tmp_path / "retention"
     db = Database(data_dir / "appliance.db")
     HistoryStore(db).add(text="ancient", source="upload", created_at="2001-01-01T00:00:00Z")
     db.close()
+    before = {t.ident for t in threading.enumerate()}
     app = make_app(data_dir=data_dir, history_retention_days=30)
-    history = app.extensions["appliance"].history
-    deadline = time.monotonic() + 10
-    while history.search().total and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert history.search().total == 0
+    appliance = app.extensions["appliance"]
+    assert {t.ident for t in threading.enumerate()} == before  # create_app(start_services=False) starts nothing
+    assert appliance.history.search(SYSTEM).total == 1
+    appliance.start(load_model=False)
+    assert appliance.retention.running
+    assert wait_until(lambda: appliance.history.search(SYSTEM).total == 0)
+    appliance.stop()
+    assert not appliance.retention.running
+    assert {t.ident for t in threading.enumerate() if t.is_alive()} <= before
 
 
 def test_no_retention_task_when_zero(make_app, tmp_path):
@@ -459,4 +465,7 @@ def test_no_retention_task_when_zero(make_app, tmp_path):
     HistoryStore(db).add(text="ancient", source="upload", created_at="2001-01-01T00:00:00Z")
     db.close()
     app = make_app(data_dir=data_dir, history_retention_days=0)
-    assert app.extensions["appliance"].history.search().total == 1
+    appliance = app.extensions["appliance"]
+    appliance.start(load_model=False)
+    assert not appliance.retention.running
+    assert appliance.history.search(SYSTEM).total == 1

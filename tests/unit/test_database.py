@@ -16,6 +16,7 @@ import pytest
 
 from whisper_appliance.core.concurrency import real_threading
 from whisper_appliance.core.errors import ApplianceError, InvalidInput
+from whisper_appliance.core.identity import SYSTEM
 from whisper_appliance.services.database import (
     LATEST_VERSION,
     MIGRATIONS,
@@ -115,6 +116,11 @@ def _seed(conn: sqlite3.Connection, version: int) -> None:
     if version >= 4:
         conn.execute("INSERT INTO jobs (id, created_at, updated_at, status, filename, history_id) VALUES "
                      "('j1', '2025-01-02T03:04:00.000Z', '2025-01-02T03:04:05.000Z', 'completed', 'old.wav', 1)")
+    if version >= 5:
+        conn.execute("INSERT INTO users (username, password_hash, role, created_at) VALUES "
+                     "('alice', 'scrypt$x', 'user', '2025-01-01T00:00:00.000Z')")
+        conn.execute("UPDATE history SET owner_id = 1 WHERE filename = 'old.wav'")
+        conn.execute("UPDATE jobs SET owner_id = 1")
 
 
 @pytest.mark.parametrize("start", range(LATEST_VERSION + 1))
@@ -132,16 +138,18 @@ def test_migrates_from_every_earlier_version_and_keeps_the_data(tmp_path, start)
         assert db.integrity_check() == "ok"
         store = HistoryStore(db)
         if start >= 1:
-            page = store.search("payment")
+            page = store.search(SYSTEM, "payment")
             assert page.total == 1  # rows written before the FTS step are indexed too
             entry = page.items[0].entry
             assert (entry.text, entry.created_at, entry.filename, entry.duration) == (
                 SEED_TEXT, "2025-01-02T03:04:05.678Z", "old.wav", 12.5)
             assert entry.segments[0]["text"] == " hi" and entry.metadata == {"k": 1}
             assert entry.options_key == ("opts" if start >= 3 else None)
-            assert store.search("budget").total == 1
+            # Entries from before accounts have no owner: the guests' shared history, as they were shared before.
+            assert entry.owner_id == (1 if start >= 5 else None) and entry.edited_at is None
+            assert store.search(SYSTEM, "budget").total == 1
         else:
-            assert store.search().total == 0
+            assert store.search(SYSTEM).total == 0
         with db.read() as conn:
             jobs = conn.execute("SELECT id, history_id FROM jobs").fetchall()
         assert [tuple(r) for r in jobs] == ([("j1", 1)] if start >= 4 else [])
@@ -167,11 +175,11 @@ def test_write_rolls_back_on_error_and_nests(db):
         with db.write():
             store.add(text="inside a failed transaction", source="api")
             raise RuntimeError("boom")
-    assert store.search().total == 0
+    assert store.search(SYSTEM).total == 0
     with db.write():
         store.add(text="one", source="api")
         store.add(text="two", source="api")
-    assert store.search().total == 2
+    assert store.search(SYSTEM).total == 2
 
 
 # --- concurrency ------------------------------------------------------------------------------------------------
@@ -187,7 +195,7 @@ def test_concurrent_writers_from_real_threads_all_land(db):
             for i in range(per_thread):
                 store.add(text=f"thread {n} entry {i}", source="api")
                 if i % 25 == 0:
-                    store.search(f"thread {n}", limit=5)
+                    store.search(SYSTEM, f"thread {n}", limit=5)
         except BaseException as exc:  # collected and asserted below
             errors.append(exc)
 
@@ -197,9 +205,9 @@ def test_concurrent_writers_from_real_threads_all_land(db):
     for w in workers:
         w.join()
     assert errors == []
-    assert store.search().total == per_thread * threads
+    assert store.search(SYSTEM).total == per_thread * threads
     for n in range(threads):
-        assert store.search(f'"thread {n} entry"').total == per_thread
+        assert store.search(SYSTEM, f'"thread {n} entry"').total == per_thread
     assert db.integrity_check() == "ok"
 
 
@@ -229,7 +237,7 @@ def test_backup_is_consistent_while_another_thread_keeps_writing(db, tmp_path):
         stop.set()
         writer.join()
     assert errors == []
-    total = store.search().total
+    total = store.search(SYSTEM).total
     for path in backups:
         Database.validate_file(path)
         with open(path, "rb") as fh:
@@ -302,7 +310,7 @@ def test_restore_rejects_bad_files_and_leaves_the_live_database_alone(db, tmp_pa
     for bad in (png, junk):
         with pytest.raises(InvalidInput):
             db.restore_from(bad)
-    assert [h.entry.text for h in store.search().items] == ["keep me"]
+    assert [h.entry.text for h in store.search(SYSTEM).items] == ["keep me"]
     assert not db.path.with_name(db.path.name + ".restore").exists()
     assert db.integrity_check() == "ok"
 
@@ -315,11 +323,11 @@ def test_restore_swaps_in_a_valid_backup(db, tmp_path):
 
     saved = db.restore_from(backup)
 
-    assert [h.entry.text for h in store.search().items] == ["from before the backup about payments"]
-    assert store.search("payment*").total == 1
+    assert [h.entry.text for h in store.search(SYSTEM).items] == ["from before the backup about payments"]
+    assert store.search(SYSTEM, "payment*").total == 1
     assert db.version == LATEST_VERSION and db.integrity_check() == "ok"
     entry = store.add(text="a new entry after the restore", source="api")
-    assert store.get(entry.id).text == "a new entry after the restore"
+    assert store.get(SYSTEM, entry.id).text == "a new entry after the restore"
     conn = sqlite3.connect(saved)  # the replaced database is kept, with the later entry
     try:
         assert conn.execute("SELECT count(*) FROM history").fetchone()[0] == 2
@@ -339,7 +347,7 @@ def test_restore_of_an_old_version_backup_is_migrated(db, tmp_path):
 
     assert db.version == LATEST_VERSION
     store = HistoryStore(db)
-    assert store.search("payment").items[0].entry.created_at == "2025-01-02T03:04:05.678Z"
+    assert store.search(SYSTEM, "payment").items[0].entry.created_at == "2025-01-02T03:04:05.678Z"
 
 
 # --- durability -------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from whisper_appliance.core.errors import InvalidInput, NotFound
+from whisper_appliance.core.identity import SYSTEM
 from whisper_appliance.core.records import Segment, TranscribeOptions, Transcript, Word
 from whisper_appliance.services.database import Database, format_timestamp
 from whisper_appliance.services.history import (
@@ -47,7 +48,7 @@ def test_add_and_get_round_trip_all_fields(store):
                                segments=segments, audio_sha256="AB" * 32, metadata={"language_probability": 0.97},
                                options_key="k1"))
     assert TIMESTAMP.fullmatch(added.created_at)
-    assert store.get(added.id) == added
+    assert store.get(SYSTEM, added.id) == added
     assert added.audio_sha256 == "ab" * 32  # stored lower-case so cache lookups agree
     d = added.to_dict()
     assert list(d) == list(ENTRY_FIELDS)
@@ -80,11 +81,11 @@ def test_add_with_keywords_and_explicit_created_at(store):
 def test_add_rejects_invalid_fields(store, fields):
     with pytest.raises(InvalidInput):
         store.add(**{"text": "x", "source": "upload", **fields})
-    assert store.search().total == 0
+    assert store.search(SYSTEM).total == 0
 
 
 def test_get_update_delete_of_a_missing_entry_is_not_found(store):
-    for call in (lambda: store.get(99), lambda: store.update_text(99, "x"), lambda: store.delete(99)):
+    for call in (lambda: store.get(SYSTEM, 99), lambda: store.update_text(SYSTEM, 99, "x"), lambda: store.delete(SYSTEM, 99)):
         with pytest.raises(NotFound):
             call()
 
@@ -92,11 +93,11 @@ def test_get_update_delete_of_a_missing_entry_is_not_found(store):
 def test_update_text_keeps_search_in_sync(store):
     entry = store.add(text="The invoice was paid on Monday.", source="upload")
     store.add(text="Unrelated entry about Tuesday.", source="upload")
-    updated = store.update_text(entry.id, "The receipt was paid on Friday.")
+    updated = store.update_text(SYSTEM, entry.id, "The receipt was paid on Friday.")
     assert updated.text == "The receipt was paid on Friday." and updated.created_at == entry.created_at
-    assert store.search("invoice").total == 0
-    assert [h.entry.id for h in store.search("receipt").items] == [entry.id]
-    assert store.search("friday").total == 1 and store.search("monday").total == 0
+    assert store.search(SYSTEM, "invoice").total == 0
+    assert [h.entry.id for h in store.search(SYSTEM, "receipt").items] == [entry.id]
+    assert store.search(SYSTEM, "friday").total == 1 and store.search(SYSTEM, "monday").total == 0
 
 
 def test_update_text_rewrites_the_segments_so_subtitles_say_the_correction(store):
@@ -105,19 +106,19 @@ def test_update_text_rewrites_the_segments_so_subtitles_say_the_correction(store
 
     segments = [Segment(0, 1.0, 2.5, " The invoice was paid"), Segment(1, 2.5, 4.0, " on Monday.")]
     entry = store.add(text="The invoice was paid on Monday.", source="upload", segments=segments, duration=4.0)
-    updated = store.update_text(entry.id, "The receipt was paid on Friday.")
+    updated = store.update_text(SYSTEM, entry.id, "The receipt was paid on Friday.")
     assert [(s["start"], s["end"], s["text"]) for s in updated.segments] == [
         (1.0, 4.0, " The receipt was paid on Friday.")]
     srt = render(updated.transcript(), "srt")
     assert "receipt" in srt and "Friday" in srt and "invoice" not in srt and "00:00:01,000 --> 00:00:04,000" in srt
-    assert store.update_text(entry.id, "").segments == ()
+    assert store.update_text(SYSTEM, entry.id, "").segments == ()
 
 
 def test_segments_keep_their_decoding_details_for_cached_verbose_json(store):
     seg = Segment(0, 0.0, 2.0, " Hello there.", avg_logprob=-0.2, words=(Word(0.0, 0.5, " Hello", 0.9),),
                   temperature=0.2, compression_ratio=1.1, tokens=(50364, 2425, 456))
     entry = store.add(text="Hello there.", source="upload", segments=[seg], duration=2.0)
-    rebuilt = store.get(entry.id).transcript().segments[0]
+    rebuilt = store.get(SYSTEM, entry.id).transcript().segments[0]
     assert (rebuilt.tokens, rebuilt.temperature, rebuilt.compression_ratio) == ((50364, 2425, 456), 0.2, 1.1)
     assert rebuilt.words == seg.words
     assert "tokens" not in seg.to_dict()  # the public shape (POST /transcribe) stays as it was
@@ -125,15 +126,15 @@ def test_segments_keep_their_decoding_details_for_cached_verbose_json(store):
 
 def test_delete_and_delete_many(store):
     ids = [store.add(text=f"note number {i} about apples", source="live").id for i in range(6)]
-    store.delete(ids[0])
-    assert store.search("apples").total == 5
+    store.delete(SYSTEM, ids[0])
+    assert store.search(SYSTEM, "apples").total == 5
     with pytest.raises(NotFound):
-        store.get(ids[0])
-    assert store.delete_many([ids[1], ids[2], 12345]) == 2
-    assert store.delete_many([]) == 0
+        store.get(SYSTEM, ids[0])
+    assert store.delete_many(SYSTEM, [ids[1], ids[2], 12345]) == 2
+    assert store.delete_many(SYSTEM, []) == 0
     with pytest.raises(InvalidInput):
-        store.delete_many(["1; DROP TABLE history"])
-    assert sorted(h.entry.id for h in store.search("apples").items) == ids[3:]
+        store.delete_many(SYSTEM, ["1; DROP TABLE history"])
+    assert sorted(h.entry.id for h in store.search(SYSTEM, "apples").items) == ids[3:]
 
 
 # --- search -----------------------------------------------------------------------------------------------------
@@ -148,7 +149,7 @@ def meeting(store, speech_dir):
 
 
 def test_finds_a_word_from_the_middle_of_a_long_text_with_a_snippet(store, meeting):
-    page = store.search("budget")
+    page = store.search(SYSTEM, "budget")
     assert page.total == 1
     hit = page.items[0]
     assert hit.entry.id == meeting.id
@@ -158,9 +159,9 @@ def test_finds_a_word_from_the_middle_of_a_long_text_with_a_snippet(store, meeti
 
 
 def test_ranks_by_relevance(store, meeting):
-    page = store.search("payment")
+    page = store.search(SYSTEM, "payment")
     assert page.total == 1  # the exact word; "payments" only with a prefix
-    page = store.search("payment*")
+    page = store.search(SYSTEM, "payment*")
     assert page.total == 2
     # "payments" in a short note outweighs one "payment" in a long text under bm25
     assert page.items[0].entry.source == "live"
@@ -168,15 +169,15 @@ def test_ranks_by_relevance(store, meeting):
 
 
 def test_prefix_phrase_punctuation_and_diacritics(store, meeting):
-    assert store.search("marke*").items[0].entry.id == meeting.id
-    assert store.search("nearly finished, but").total == 1
-    assert store.search('"mobile application"').total == 1
-    assert store.search('"application mobile"').total == 0
-    assert store.search("mobile-application").total == 1
-    assert store.search("cafe").items[0].entry.language == "fr"
-    assert store.search("TRÈS").total == 1
-    assert store.search("meeting payment").total == 1  # all words must match
-    assert store.search("synthetic_meeting").total == 1  # the filename is indexed too
+    assert store.search(SYSTEM, "marke*").items[0].entry.id == meeting.id
+    assert store.search(SYSTEM, "nearly finished, but").total == 1
+    assert store.search(SYSTEM, '"mobile application"').total == 1
+    assert store.search(SYSTEM, '"application mobile"').total == 0
+    assert store.search(SYSTEM, "mobile-application").total == 1
+    assert store.search(SYSTEM, "cafe").items[0].entry.language == "fr"
+    assert store.search(SYSTEM, "TRÈS").total == 1
+    assert store.search(SYSTEM, "meeting payment").total == 1  # all words must match
+    assert store.search(SYSTEM, "synthetic_meeting").total == 1  # the filename is indexed too
 
 
 @pytest.mark.parametrize("hostile", [
@@ -185,23 +186,23 @@ def test_prefix_phrase_punctuation_and_diacritics(store, meeting):
     "payment*budget", "+", "*payment",
 ])
 def test_hostile_queries_never_break_the_fts_syntax(store, meeting, hostile):
-    page = store.search(hostile)
+    page = store.search(SYSTEM, hostile)
     assert page.total >= 0
-    assert store.search().total == 3  # nothing was dropped
+    assert store.search(SYSTEM).total == 3  # nothing was dropped
 
 
 def test_punctuation_only_query_is_no_filter(store, meeting):
     for q in ("", "   ", "*", '"', "-", "!?.,"):
-        assert store.search(q).total == 3
-        assert all(h.snippet is None for h in store.search(q).items)
+        assert store.search(SYSTEM, q).total == 3
+        assert all(h.snippet is None for h in store.search(SYSTEM, q).items)
 
 
 def test_operators_are_searched_as_words(store):
     store.add(text="Go NEAR the river or not.", source="api")
     store.add(text="Something else entirely.", source="api")
-    assert store.search("NEAR(").total == 1
-    assert store.search("OR NOT").total == 1
-    assert store.search('-"river"').total == 1
+    assert store.search(SYSTEM, "NEAR(").total == 1
+    assert store.search(SYSTEM, "OR NOT").total == 1
+    assert store.search(SYSTEM, '-"river"').total == 1
 
 
 def test_fts_query_is_pure_and_safe():
@@ -220,7 +221,7 @@ def test_filters(store):
     store.add(text="beta api en", source="api", language="en", created_at="2026-01-13T12:00:00Z")
 
     def texts(**kw):
-        return sorted(h.entry.text for h in store.search(**kw).items)
+        return sorted(h.entry.text for h in store.search(SYSTEM, **kw).items)
 
     assert texts(source="live") == ["alpha live de", "alpha live en"]
     assert texts(language="en", q="alpha") == ["alpha live en", "alpha upload en"]
@@ -232,7 +233,7 @@ def test_filters(store):
     for bad in ({"since": "last week"}, {"until": "2026-13-01"}, {"source": "radio"}, {"limit": 0},
                 {"limit": 501}, {"offset": -1}, {"limit": "10"}):
         with pytest.raises(InvalidInput):
-            store.search(**bad)
+            store.search(SYSTEM, **bad)
 
 
 def test_pagination_newest_first_with_total(store, db):
@@ -240,17 +241,17 @@ def test_pagination_newest_first_with_total(store, db):
         for i in range(120):
             store.add(text=f"entry {i} mentions pagination", source="api",
                       created_at=f"2026-03-01T00:{i // 60:02d}:{i % 60:02d}.000Z")
-    pages = [store.search(limit=50, offset=o) for o in (0, 50, 100)]
+    pages = [store.search(SYSTEM, limit=50, offset=o) for o in (0, 50, 100)]
     assert [p.total for p in pages] == [120, 120, 120]
     assert [len(p.items) for p in pages] == [50, 50, 20]
     ids = [h.entry.id for p in pages for h in p.items]
     assert len(set(ids)) == 120
     stamps = [h.entry.created_at for p in pages for h in p.items]
     assert stamps == sorted(stamps, reverse=True)
-    q_pages = [store.search("pagination", limit=500), store.search("pagination", limit=7, offset=113)]
+    q_pages = [store.search(SYSTEM, "pagination", limit=500), store.search(SYSTEM, "pagination", limit=7, offset=113)]
     assert q_pages[0].total == 120 and len(q_pages[0].items) == 120 and len(q_pages[1].items) == 7
-    assert store.search(limit=10, offset=500).items == ()
-    assert store.search().to_dict()["total"] == 120
+    assert store.search(SYSTEM, limit=10, offset=500).items == ()
+    assert store.search(SYSTEM).to_dict()["total"] == 120
 
 
 # --- stats, cache, retention ------------------------------------------------------------------------------------
@@ -260,7 +261,7 @@ def test_stats(store):
     store.add(text="b", source="upload", model="tiny.en", duration=1800, processing_seconds=120)
     store.add(text="c", source="live", model="base", created_at=_ago(days=2))
     store.add(text="d", source="job", created_at=_ago(days=40))
-    stats = store.stats()
+    stats = store.stats(SYSTEM)
     assert stats["entries"] == 4
     assert stats["audio_hours"] == pytest.approx(1.0)
     assert stats["processing_hours"] == pytest.approx(180 / 3600)
@@ -271,7 +272,7 @@ def test_stats(store):
     assert stats["by_day"][today.isoformat()] == 2
     assert stats["by_day"][(today - timedelta(days=2)).isoformat()] == 1
     assert sum(stats["by_day"].values()) == 3  # the 40-day-old entry is outside the window
-    assert sum(store.stats(days=60)["by_day"].values()) == 4
+    assert sum(store.stats(SYSTEM, days=60)["by_day"].values()) == 4
 
 
 def test_find_cached(store):
@@ -298,8 +299,8 @@ def test_purge_older_than(store):
     store.add(text="recent", source="upload", created_at=_ago(days=1))
     store.add(text="now", source="upload")
     assert store.purge_older_than(5) == 1
-    assert sorted(h.entry.text for h in store.search().items) == ["now", "recent"]
-    assert store.search("ancient").total == 0
+    assert sorted(h.entry.text for h in store.search(SYSTEM).items) == ["now", "recent"]
+    assert store.search(SYSTEM, "ancient").total == 0
     assert store.purge_older_than(5) == 0
     for bad in (0, -1, "5"):
         with pytest.raises(InvalidInput):
@@ -337,7 +338,7 @@ def _without_ids(items):
 
 @pytest.mark.parametrize("fmt", ["json", "csv"])
 def test_export_is_streamed_and_round_trips_into_an_empty_database(big_store, tmp_path, fmt):
-    chunks_iter = big_store.export_json() if fmt == "json" else big_store.export_csv()
+    chunks_iter = big_store.export_json(SYSTEM) if fmt == "json" else big_store.export_csv(SYSTEM)
     assert isinstance(chunks_iter, types.GeneratorType)
     chunks = list(chunks_iter)
     assert len(chunks) > 1 and all(isinstance(c, str) for c in chunks)
@@ -352,17 +353,17 @@ def test_export_is_streamed_and_round_trips_into_an_empty_database(big_store, tm
     other = Database(tmp_path / "other.db")
     try:
         target = HistoryStore(other)
-        result = target.import_entries(items)
+        result = target.import_entries(items, owner_id=None)
         assert (result.imported, result.skipped_duplicates, result.errors) == (ROWS + 1, 0, ())
-        original = list(big_store.iter_export())
-        copied = list(target.iter_export())
+        original = list(big_store.iter_export(SYSTEM))
+        copied = list(target.iter_export(SYSTEM))
         assert len(original) == ROWS + 1
         assert _without_ids(copied) == _without_ids(original)  # same fields and the original timestamps
-        assert target.search("tricky").total == 1 and target.search('"row 11999"').total == 1
+        assert target.search(SYSTEM, "tricky").total == 1 and target.search(SYSTEM, '"row 11999"').total == 1
 
-        again = target.import_entries(parse_import(data, fmt))
+        again = target.import_entries(parse_import(data, fmt), owner_id=None)
         assert (again.imported, again.skipped_duplicates) == (0, ROWS + 1)
-        assert target.search(limit=1).total == ROWS + 1
+        assert target.search(SYSTEM, limit=1).total == ROWS + 1
     finally:
         other.close()
 
@@ -370,13 +371,13 @@ def test_export_is_streamed_and_round_trips_into_an_empty_database(big_store, tm
 def test_export_writes_to_a_file(big_store, tmp_path):
     path = tmp_path / "export.json"
     with open(path, "w", encoding="utf-8") as fp:
-        fp.writelines(big_store.export_json())
+        fp.writelines(big_store.export_json(SYSTEM))
     assert len(json.loads(path.read_text(encoding="utf-8"))) == ROWS + 1
 
 
 def test_export_of_an_empty_store(store):
-    assert json.loads("".join(store.export_json())) == []
-    assert "".join(store.export_csv()).splitlines() == [",".join(ENTRY_FIELDS)]
+    assert json.loads("".join(store.export_json(SYSTEM))) == []
+    assert "".join(store.export_csv(SYSTEM)).splitlines() == [",".join(ENTRY_FIELDS)]
 
 
 def test_import_reports_invalid_rows_and_keeps_the_valid_ones(store):
@@ -392,11 +393,11 @@ def test_import_reports_invalid_rows_and_keeps_the_valid_ones(store):
         {"text": "default source", "created_at": "2025-01-02"},
         {"text": "good one", "created_at": "2025-01-01T00:00:00.000Z", "source": "live"},  # duplicate in file
     ]
-    result = store.import_entries(items)
+    result = store.import_entries(items, owner_id=None)
     assert (result.imported, result.skipped_duplicates) == (2, 1)
     assert [e.split(":")[0] for e in result.errors] == [f"row {n}" for n in (2, 3, 4, 5, 6, 7, 8)]
     assert "text" in result.errors[0] and "created_at" in result.errors[1] and "radio" in result.errors[3]
-    entries = {h.entry.text: h.entry for h in store.search().items}
+    entries = {h.entry.text: h.entry for h in store.search(SYSTEM).items}
     assert entries["good one"].created_at == "2025-01-01T00:00:00.000Z"
     assert entries["good one"].id != 77
     assert entries["default source"].source == "upload"
@@ -412,7 +413,7 @@ def test_duplicate_identity_includes_source_and_audio_hash(store):
         {**base, "source": "upload", "audio_sha256": "aa" * 32},
         {**base, "source": "upload", "audio_sha256": "AA" * 32},
         {**base, "source": "upload", "created_at": "2025-05-05T05:05:05.5559Z"},
-    ])
+    ], owner_id=None)
     assert (result.imported, result.skipped_duplicates) == (3, 2)
 
 
@@ -422,10 +423,10 @@ def test_csv_import_reports_bad_cells_by_row(store):
             b"bad number,2025-01-01T00:00:00Z,upload,abc,\r\n"
             b"bad json,2025-01-01T00:00:00Z,upload,,[{\r\n"
             b",2025-01-01T00:00:00Z,live,,\r\n")
-    result = store.import_entries(parse_import(data, "csv"))
+    result = store.import_entries(parse_import(data, "csv"), owner_id=None)
     assert result.imported == 2  # the empty text is a valid (silent) transcript
     assert [e.split(":")[0] for e in result.errors] == ["row 2", "row 3"]
-    assert store.search("ok").items[0].entry.duration == 1.5
+    assert store.search(SYSTEM, "ok").items[0].entry.duration == 1.5
 
 
 @pytest.mark.parametrize("data, fmt, message", [

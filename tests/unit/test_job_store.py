@@ -7,6 +7,7 @@ import re
 import pytest
 
 from whisper_appliance.core.errors import Conflict, InvalidInput, NotFound
+from whisper_appliance.core.identity import SYSTEM
 from whisper_appliance.services.database import Database
 from whisper_appliance.services.history import HistoryStore
 from whisper_appliance.services.job_store import JobStore
@@ -123,14 +124,14 @@ def test_list_filters_and_pages_newest_first(jobs):
     created = [_new(jobs, f"{i}.mp3") for i in range(5)]
     jobs.mark_processing(created[1].id)
     jobs.cancel(created[3].id)
-    assert [j.id for j in jobs.list()] == [j.id for j in reversed(created)]
-    assert [j.id for j in jobs.list(limit=2, offset=1)] == [created[3].id, created[2].id]
-    assert [j.id for j in jobs.list(status="processing")] == [created[1].id]
-    assert {j.id for j in jobs.list(status="queued")} == {created[0].id, created[2].id, created[4].id}
+    assert [j.id for j in jobs.list(SYSTEM)] == [j.id for j in reversed(created)]
+    assert [j.id for j in jobs.list(SYSTEM, limit=2, offset=1)] == [created[3].id, created[2].id]
+    assert [j.id for j in jobs.list(SYSTEM, status="processing")] == [created[1].id]
+    assert {j.id for j in jobs.list(SYSTEM, status="queued")} == {created[0].id, created[2].id, created[4].id}
     assert jobs.counts() == {"queued": 3, "processing": 1, "completed": 0, "failed": 0, "cancelled": 1}
     for bad in ({"status": "done"}, {"limit": 0}, {"limit": 501}, {"offset": -1}):
         with pytest.raises(InvalidInput):
-            jobs.list(**bad)
+            jobs.list(SYSTEM, **bad)
 
 
 def test_unfinished_after_a_restart_requeues_interrupted_jobs(tmp_path):
@@ -172,7 +173,7 @@ def test_deleting_the_history_entry_deletes_the_finished_job(jobs, history):
     jobs.complete(gone.id, entry_gone.id)
     jobs.complete(purged.id, entry_old.id)
 
-    history.delete(entry_gone.id)
+    history.delete(SYSTEM, entry_gone.id)
     with pytest.raises(NotFound):
         jobs.get(gone.id)
     assert history.purge_older_than(365) == 1
@@ -180,8 +181,8 @@ def test_deleting_the_history_entry_deletes_the_finished_job(jobs, history):
         jobs.get(purged.id)
     assert jobs.get(kept.id).history_id == entry_kept.id
     assert jobs.get(unrelated.id).status == "queued"
-    history.delete_many([entry_kept.id])
-    assert [j.id for j in jobs.list()] == [unrelated.id]
+    history.delete_many(SYSTEM, [entry_kept.id])
+    assert [j.id for j in jobs.list(SYSTEM)] == [unrelated.id]
 
 
 def test_delete_returns_the_record(jobs):

@@ -1,4 +1,4 @@
-"""JobQueue around a fake engine: ordering, cancellation, progress, resume, cache and file clean-up.
+"""JobQueue and its LocalJobRunner around a fake engine: ordering, cancellation, progress, resume, cache and file clean-up.
 
 The scheduler, job store, history store and transcription service are the real ones on a temporary SQLite file;
 only the engine (and the model manager handing it out) is fake, and it produces one segment per second of audio.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,74 +17,24 @@ import pytest
 import soundfile as sf
 
 from whisper_appliance.core.config import Settings
-from whisper_appliance.core.engines.base import Engine
 from whisper_appliance.core.errors import ApplianceError, AudioDecodeError, Conflict, NotFound
-from whisper_appliance.core.records import LanguageDetection, Segment, TranscribeOptions, TranscriptionInfo
+from whisper_appliance.core.identity import GUEST, SYSTEM
+from whisper_appliance.core.records import TranscribeOptions
 from whisper_appliance.services.database import Database
 from whisper_appliance.services.history import HistoryStore
+from whisper_appliance.services.job_runner import LocalJobRunner
 from whisper_appliance.services.job_store import JobStore
-from whisper_appliance.services.jobs import JobQueue, estimate_eta, upload_extension
-from whisper_appliance.services.model_manager import ModelStatus
+from whisper_appliance.services.jobs import JobQueue, estimate_eta, jobs_dir, upload_extension
 from whisper_appliance.services.scheduler import InferenceScheduler, Priority
 from whisper_appliance.services.transcription import TranscriptionService, spool_upload
 
-SR = 16_000
+from .fakes import SR, FakeModels, RecordingEvents, SegmentEngine
+
 FAIL_SECONDS = 2.0  # the fake engine fails on audio of exactly this length
 
 
-class FakeEngine(Engine):
-    engine_name = "fake"
-
-    def __init__(self, delay: float) -> None:
-        super().__init__("fake-model", "cpu", "int8")
-        self.delay = delay
-        self.segments_made = 0
-
-    def transcribe(self, audio: np.ndarray, options: TranscribeOptions):
-        duration = len(audio) / SR
-        if abs(duration - FAIL_SECONDS) < 1e-6:
-            raise RuntimeError("the fake engine refuses this audio")
-
-        def segments() -> Iterator[Segment]:
-            for i in range(int(np.ceil(duration))):
-                time.sleep(self.delay)
-                self.segments_made += 1
-                yield Segment(id=i, start=float(i), end=min(duration, i + 1.0), text=f" word{i}")
-
-        return segments(), TranscriptionInfo(language="en", language_probability=1.0, duration=duration)
-
-    def detect_language(self, audio: np.ndarray) -> LanguageDetection:
-        return LanguageDetection("en", 1.0)
-
-
-class FakeModels:
-    def __init__(self, engine: FakeEngine) -> None:
-        self.engine = engine
-        self.generation = 1
-
-    def status(self) -> ModelStatus:
-        return ModelStatus(name="fake-model", engine="fake", device="cpu", compute_type="int8", state="ready",
-                           generation=1)
-
-    @contextmanager
-    def use(self, timeout: float | None = None):
-        yield self.engine
-
-
-class Recorder:
-    """An event bus that keeps every event (the real one coalesces, which is what the pump wants)."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, dict[str, Any], str | None]] = []
-        self._lock = threading.Lock()
-
-    def publish(self, name: str, data: dict[str, Any], *, room: str | None = None, coalesce: Any = None) -> None:
-        with self._lock:
-            self.events.append((name, dict(data), room))
-
-    def for_job(self, job_id: str) -> list[dict[str, Any]]:
-        with self._lock:
-            return [d for n, d, room in self.events if n == "job_progress" and room == f"job:{job_id}"]
+def fails(audio: np.ndarray) -> bool:
+    return abs(len(audio) / SR - FAIL_SECONDS) < 1e-6
 
 
 class Env:
@@ -95,17 +44,19 @@ class Env:
         self.db = Database(self.settings.data_dir / "appliance.db")
         self.store = JobStore(self.db)
         self.history = HistoryStore(self.db)
-        self.engine = FakeEngine(delay)
+        self.engine = SegmentEngine(delay, fail_on=fails)
         self.models = FakeModels(self.engine)
         self.scheduler = InferenceScheduler(self.models)
         self.scheduler.start()
         self.transcription = TranscriptionService(self.settings, self.models, self.scheduler, self.history)
-        self.events = Recorder()
+        self.events = RecordingEvents()
         self.queue = self.new_queue()
         self._n = 0
 
     def new_queue(self) -> JobQueue:
-        queue = JobQueue(self.settings, self.store, self.transcription, self.scheduler, self.events)
+        directory = jobs_dir(self.settings.data_dir)
+        runner = LocalJobRunner(self.store, self.transcription, self.scheduler, self.events, directory)
+        queue = JobQueue(self.store, self.transcription, runner, self.events, directory)
         queue.start()
         return queue
 
@@ -121,6 +72,7 @@ class Env:
         with open(path, "rb") as f:
             spooled = spool_upload(f, self.settings.data_dir / "tmp", path.name, 10 * 1024 ** 2)
         try:
+            kwargs.setdefault("owner", GUEST)
             return self.queue.submit(spooled, options or TranscribeOptions(), **kwargs)
         finally:
             spooled.path.unlink(missing_ok=True)  # what TranscriptionService.spooled does after the request
@@ -129,11 +81,11 @@ class Env:
              timeout: float = 10.0):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            view = self.queue.get(job_id)
+            view = self.queue.get(SYSTEM, job_id)
             if view.status in statuses:
                 return view
             time.sleep(0.005)
-        raise AssertionError(f"job {job_id} still {self.queue.get(job_id).status} after {timeout} s")
+        raise AssertionError(f"job {job_id} still {self.queue.get(SYSTEM, job_id).status} after {timeout} s")
 
     def job_files(self, *, settle: float = 1.0) -> list[Path]:
         """Files under DATA_DIR/jobs; waits up to ``settle`` s for them to go (removal follows the status)."""
@@ -196,12 +148,12 @@ def test_job_completes_into_history_and_its_file_is_deleted(env):
     done = env.wait(view.job_id)
     assert done.status == "completed"
     assert done.progress == 1.0 and done.eta_seconds == 0.0
-    entry = env.history.get(done.history_id)
+    entry = env.history.get(SYSTEM, done.history_id)
     assert entry.source == "job" and entry.filename == "talk.wav"
     assert entry.text == "word0 word1 word2"
     assert done.result["text"] == "word0 word1 word2" and done.result["cached"] is False
     assert env.job_files() == []
-    finished = env.queue.result(view.job_id)
+    finished = env.queue.result(SYSTEM, view.job_id)
     assert finished.output == "srt" and len(finished.result.transcript.segments) == 3
 
 
@@ -227,11 +179,11 @@ def test_short_job_submitted_later_finishes_first(env):
     long = env.submit(env.wav(40.0))
     # Let the long job start, so the short one has to overtake it between segments.
     deadline = time.monotonic() + 5
-    while env.queue.get(long.job_id).progress == 0.0 and time.monotonic() < deadline:
+    while env.queue.get(SYSTEM, long.job_id).progress == 0.0 and time.monotonic() < deadline:
         time.sleep(0.002)
     short = env.submit(env.wav(3.0))
     short_done = env.wait(short.job_id)
-    assert env.queue.get(long.job_id).status == "processing"
+    assert env.queue.get(SYSTEM, long.job_id).status == "processing"
     long_done = env.wait(long.job_id)
     assert short_done.status == long_done.status == "completed"
     assert short_done.history_id < long_done.history_id
@@ -242,8 +194,8 @@ def test_waiting_jobs_report_their_queue_position(env):
     try:
         long = env.submit(env.wav(8.0))
         short = env.submit(env.wav(2.5))
-        assert env.queue.get(short.job_id).queue_position == 1
-        assert env.queue.get(long.job_id).queue_position == 2
+        assert env.queue.get(SYSTEM, short.job_id).queue_position == 1
+        assert env.queue.get(SYSTEM, long.job_id).queue_position == 2
         assert env.queue.counts()["queued"] == 2
     finally:
         gate.set()
@@ -255,15 +207,15 @@ def test_cancel_a_queued_job(env):
     gate = block_scheduler(env.scheduler)
     try:
         view = env.submit(env.wav(5.0))
-        cancelled, deleted = env.queue.cancel(view.job_id)
+        cancelled, deleted = env.queue.cancel(SYSTEM, view.job_id)
         assert cancelled.status == "cancelled" and deleted is False
         assert env.job_files() == []
     finally:
         gate.set()
     time.sleep(0.3)
-    assert env.queue.get(view.job_id).status == "cancelled"
+    assert env.queue.get(SYSTEM, view.job_id).status == "cancelled"
     assert env.engine.segments_made == 0
-    assert env.history.search().total == 0
+    assert env.history.search(SYSTEM).total == 0
     assert env.events.for_job(view.job_id)[-1]["status"] == "cancelled"
 
 
@@ -272,26 +224,26 @@ def test_cancel_a_running_job_stops_it_at_the_next_segment(env):
     view = env.submit(env.wav(60.0))
     env.wait(view.job_id, ("processing",))
     deadline = time.monotonic() + 5
-    while env.queue.get(view.job_id).progress == 0.0 and time.monotonic() < deadline:
+    while env.queue.get(SYSTEM, view.job_id).progress == 0.0 and time.monotonic() < deadline:
         time.sleep(0.005)
-    cancelled, _ = env.queue.cancel(view.job_id)
+    cancelled, _ = env.queue.cancel(SYSTEM, view.job_id)
     assert cancelled.status == "cancelled"
     assert env.job_files() == []
     time.sleep(0.5)
     assert env.engine.segments_made < 60
-    assert env.queue.get(view.job_id).status == "cancelled"
-    assert env.history.search().total == 0
+    assert env.queue.get(SYSTEM, view.job_id).status == "cancelled"
+    assert env.history.search(SYSTEM).total == 0
     # The inference thread is free again.
     assert env.wait(env.submit(env.wav(1.0)).job_id).status == "completed"
 
 
 def test_deleting_a_finished_job_removes_its_record_but_not_its_history(env):
     view = env.wait(env.submit(env.wav(1.0)).job_id)
-    gone, deleted = env.queue.cancel(view.job_id)
+    gone, deleted = env.queue.cancel(SYSTEM, view.job_id)
     assert deleted is True and gone.status == "completed"
     with pytest.raises(NotFound):
-        env.queue.get(view.job_id)
-    assert env.history.get(view.history_id).text == "word0"
+        env.queue.get(SYSTEM, view.job_id)
+    assert env.history.get(SYSTEM, view.history_id).text == "word0"
 
 
 def test_result_is_409_until_finished_and_gone_with_its_history_entry(env):
@@ -299,15 +251,15 @@ def test_result_is_409_until_finished_and_gone_with_its_history_entry(env):
     try:
         view = env.submit(env.wav(2.5))
         with pytest.raises(ApplianceError) as err:
-            env.queue.result(view.job_id)
+            env.queue.result(SYSTEM, view.job_id)
         assert err.value.status == 409 and err.value.code == "job_not_finished"
     finally:
         gate.set()
     done = env.wait(view.job_id)
-    assert env.queue.result(view.job_id).result.history_id == done.history_id
-    env.history.delete(done.history_id)
+    assert env.queue.result(SYSTEM, view.job_id).result.history_id == done.history_id
+    env.history.delete(SYSTEM, done.history_id)
     with pytest.raises(NotFound, match="history entry"):
-        env.queue.result(view.job_id)
+        env.queue.result(SYSTEM, view.job_id)
 
 
 def test_engine_failure_fails_the_job_with_a_message_and_deletes_the_file(env):
@@ -317,7 +269,7 @@ def test_engine_failure_fails_the_job_with_a_message_and_deletes_the_file(env):
     assert done.error["code"] == "job_failed" and "refuses this audio" in done.error["message"]
     assert env.job_files() == []
     with pytest.raises(ApplianceError) as err:
-        env.queue.result(view.job_id)
+        env.queue.result(SYSTEM, view.job_id)
     assert err.value.status == 409
 
 
@@ -330,7 +282,7 @@ def test_identical_upload_completes_at_once_from_the_cache(env):
     assert second.history_id == first.history_id
     assert env.engine.segments_made == made
     assert env.job_files() == []
-    assert env.queue.get(second.job_id).result["cached"] is True
+    assert env.queue.get(SYSTEM, second.job_id).result["cached"] is True
     # Other options are another result.
     third = env.submit(audio, TranscribeOptions(beam_size=1))
     assert third.status == "queued" and third.cached is False
@@ -342,7 +294,7 @@ def test_not_audio_is_refused_before_a_job_exists(env):
     bogus.write_bytes(b"this is not audio at all " * 100)
     with pytest.raises(AudioDecodeError):
         env.submit(bogus)
-    assert env.store.list() == []
+    assert env.store.list(SYSTEM) == []
     assert env.job_files() == []
 
 
@@ -369,7 +321,7 @@ def test_unfinished_jobs_resume_after_a_restart(env):
     interrupted, waiting, lost = (env.wait(j) for j in ("interrupted", "waiting", "lost"))
     assert interrupted.status == "completed" and interrupted.result["text"] == "word0 word1 word2"
     assert env.store.get("interrupted").attempts == 2
-    assert waiting.status == "completed" and queue.result("waiting").output == "txt"
+    assert waiting.status == "completed" and queue.result(SYSTEM, "waiting").output == "txt"
     assert lost.status == "failed" and "missing" in lost.error["message"]
     assert env.job_files() == []
 

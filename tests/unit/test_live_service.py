@@ -27,6 +27,7 @@ from whisper_appliance.core.errors import (
     PayloadTooLarge,
     RateLimited,
 )
+from whisper_appliance.core.identity import GUEST, Principal
 from whisper_appliance.core.records import LanguageDetection, Segment, TranscribeOptions, TranscriptionInfo, Word
 from whisper_appliance.core.streaming import StreamingConfig, StreamingPolicy
 from whisper_appliance.core.vad import VoiceActivityDetector
@@ -38,8 +39,10 @@ from whisper_appliance.services.live import (
     parse_chunk,
     parse_live_params,
 )
-from whisper_appliance.services.scheduler import Priority, iterate_steps
+from whisper_appliance.services.scheduler import Priority
 from whisper_appliance.services.transcription import TranscriptionService
+
+from .fakes import FakeModels, InlineScheduler
 
 SR = 16_000
 WORD_S = 0.4
@@ -127,58 +130,6 @@ class ToneEngine(Engine):
 
 
 @dataclass
-class FakeTicket:
-    work: Any
-    steps: Any = None
-
-
-class FakeScheduler:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.priorities: list[Priority] = []
-        self.fail: Exception | None = None
-        self.reserve = lambda: False
-        self.wakes = 0
-
-    def reserve_lane_while(self, predicate):
-        self.reserve = predicate
-
-    def wake(self):
-        self.wakes += 1
-
-    def submit(self, work, priority=Priority.INTERACTIVE, *, label="work"):
-        self.priorities.append(priority)
-        return FakeTicket(work)
-
-    def submit_steps(self, steps, priority=Priority.JOB, *, label="job", remaining=None):
-        self.priorities.append(priority)
-        return FakeTicket(None, steps)
-
-    def wait(self, ticket, timeout=None):
-        if self.fail is not None:
-            raise self.fail
-        if ticket.steps is not None:
-            return iterate_steps(ticket.steps(self.engine))
-        return ticket.work(self.engine)
-
-
-@dataclass
-class Status:
-    name: str = "tiny.en"
-    engine: str = "faster-whisper"
-    state: str = "ready"
-    error: str | None = None
-
-
-class FakeModels:
-    def __init__(self) -> None:
-        self.state = "ready"
-
-    def status(self):
-        return Status(state=self.state)
-
-
-@dataclass
 class Added:
     id: int
 
@@ -236,8 +187,8 @@ def env(tmp_path):
 
 def make_env(settings: Settings, *, source_factory=None, clock=time.monotonic):
     engine = ToneEngine()
-    scheduler = FakeScheduler(engine)
-    models = FakeModels()
+    scheduler = InlineScheduler(engine)
+    models = FakeModels(name="tiny.en", engine_name="faster-whisper")
     history = FakeHistory()
     transcription = TranscriptionService(settings, models, scheduler, history)  # type: ignore[arg-type]
     kwargs = {}
@@ -401,36 +352,36 @@ def test_pcm_stream_resamples_continuously():
 
 def test_open_limits_and_conflicts(env):
     live = env.live
-    s1 = live.open("a", {"format": "pcm16"})
+    s1 = live.open("a", {"format": "pcm16"}, GUEST)
     with pytest.raises(Conflict) as info:
-        live.open("a", {"format": "pcm16"})
+        live.open("a", {"format": "pcm16"}, GUEST)
     assert info.value.code == "already_recording"
-    live.open("b", {"format": "pcm16"})
+    live.open("b", {"format": "pcm16"}, GUEST)
     with pytest.raises(RateLimited) as info:
-        live.open("c", {"format": "pcm16"})
+        live.open("c", {"format": "pcm16"}, GUEST)
     assert info.value.code == "too_many_sessions"
     assert live.count() == 2
     live.close("a")
     assert live.count() == 1
     assert s1.source._closed  # type: ignore[attr-defined]
-    live.open("c", {"format": "pcm16"})
+    live.open("c", {"format": "pcm16"}, GUEST)
     assert live.count() == 2
 
 
 def test_open_refuses_when_no_model_or_wrong_language(env):
     env.models.state = "loading"
     with pytest.raises(ModelUnavailable):
-        env.live.open("a", {"format": "pcm16"})
+        env.live.open("a", {"format": "pcm16"}, GUEST)
     env.models.state = "ready"
     with pytest.raises(InvalidInput) as info:
-        env.live.open("a", {"format": "pcm16", "language": "de"})  # tiny.en is English-only
+        env.live.open("a", {"format": "pcm16", "language": "de"}, GUEST)  # tiny.en is English-only
     assert info.value.code == "invalid_language"
     assert env.live.count() == 0
 
 
 def test_session_streams_partials_and_finals_then_saves(env):
     live = env.live
-    session = live.open("sid", {"format": "pcm16"})
+    session = live.open("sid", {"format": "pcm16"}, GUEST)
     words = [3, 1, 4, 1, 5, 9, 2, 6]
     rec = stream(live, "sid", speech(words))
 
@@ -455,7 +406,7 @@ def test_session_streams_partials_and_finals_then_saves(env):
 
 def test_silence_emits_nothing_and_saves_nothing(env):
     live = env.live
-    live.open("sid", {"format": "pcm16"})
+    live.open("sid", {"format": "pcm16"}, GUEST)
     rng = np.random.default_rng(0)
     audio = np.concatenate([np.zeros(5 * SR, np.float32), (0.002 * rng.standard_normal(5 * SR)).astype(np.float32)])
     rec = stream(live, "sid", audio, chunk_s=1.0)
@@ -467,7 +418,7 @@ def test_silence_emits_nothing_and_saves_nothing(env):
 
 
 def test_feed_after_stop_is_refused(env):
-    session = env.live.open("sid", {"format": "pcm16"})
+    session = env.live.open("sid", {"format": "pcm16"}, GUEST)
     env.live.stop("sid")
     with pytest.raises(InvalidInput) as info:
         session.feed(b"\x00\x00")
@@ -479,7 +430,7 @@ def test_feed_after_stop_is_refused(env):
 def test_disconnect_mid_session_frees_audio_and_saves_committed_text(tmp_path):
     env = make_env(Settings(data_dir=tmp_path, live_resume_seconds=0))  # no grace period: saved at once
     live = env.live
-    session = live.open("sid", {"format": "pcm16"})
+    session = live.open("sid", {"format": "pcm16"}, GUEST)
     rec = Recorder()
     loop = threading.Thread(target=session.run, args=(rec, lambda s: time.sleep(0.001)))
     loop.start()
@@ -509,10 +460,10 @@ def wait_for(predicate, timeout: float = 10.0) -> None:
         time.sleep(0.01)
 
 
-def running_session(live: LiveSessions, sid: str, params: dict):
+def running_session(live: LiveSessions, sid: str, params: dict, principal: Principal = GUEST):
     """A session with its loop on a thread (as the web layer runs it), and what it emitted."""
     rec = Recorder()
-    session = live.open(sid, params, rec)
+    session = live.open(sid, params, principal, rec)
     loop = threading.Thread(target=session.run, args=(rec, lambda s: time.sleep(0.002)), daemon=True)
     loop.start()
     return session, rec, loop
@@ -530,7 +481,8 @@ def test_a_dropped_connection_detaches_the_session_and_a_resume_goes_on_with_it(
     assert not env.history.entries
 
     second = Recorder()
-    resumed = live.open("sid2", {"format": "pcm16", "resume": session.resume_token, "received_until": 0.0}, second)
+    resumed = live.open("sid2", {"format": "pcm16", "resume": session.resume_token, "received_until": 0.0}, GUEST,
+                        second)
     assert resumed is session and session.resumed and live.get("sid2") is session and live.get("sid1") is None
     payload = session.started_payload()
     assert payload["resumed"] is True and payload["session_id"] == session.id
@@ -557,7 +509,7 @@ def test_a_resume_replays_only_the_results_the_client_did_not_get(env):
     got = first.named("transcription_result")[-1]["end"]
     live.close("sid1")
     second = Recorder()
-    live.open("sid2", {"format": "pcm16", "resume": session.resume_token, "received_until": got}, second)
+    live.open("sid2", {"format": "pcm16", "resume": session.resume_token, "received_until": got}, GUEST, second)
     session.replay(got)
     assert second.named("transcription_result") == []
     live.stop("sid2")
@@ -568,7 +520,7 @@ def test_a_resume_takes_over_a_session_whose_old_connection_the_server_still_thi
     live = env.live
     session, first, loop = running_session(live, "sid1", {"format": "pcm16"})
     second = Recorder()
-    assert live.open("sid2", {"format": "pcm16", "resume": session.resume_token}, second) is session
+    assert live.open("sid2", {"format": "pcm16", "resume": session.resume_token}, GUEST, second) is session
     assert live.get("sid1") is None and live.count() == 1
     session.feed(pcm16(speech([3], tail_silence=2.0)))
     wait_for(lambda: second.named("transcription_result"))
@@ -580,6 +532,25 @@ def test_a_resume_takes_over_a_session_whose_old_connection_the_server_still_thi
     assert len(env.history.entries) == 1
 
 
+def test_only_the_account_that_opened_a_session_can_resume_it(tmp_path):
+    env = make_env(Settings(data_dir=tmp_path, live_max_sessions=8))
+    live = env.live
+    alice = Principal(user_id=1, username="alice", role="user", scopes=frozenset({"transcribe"}))
+    bob = Principal(user_id=2, username="bob", role="user", scopes=frozenset({"transcribe"}))
+    session, _, loop = running_session(live, "sid1", {"format": "pcm16"}, alice)
+    live.close("sid1")
+    params = {"format": "pcm16", "resume": session.resume_token}
+    stolen = live.open("sid2", params, bob, Recorder())
+    assert stolen is not session and not stolen.resumed  # bob gets a session of his own
+    assert live.open("sid3", params, GUEST, Recorder()) is not session
+    assert live.open("sid4", params, alice, Recorder()) is session
+    live.close("sid2")  # their loops never ran
+    live.close("sid3")
+    live.stop("sid4")
+    loop.join(10)
+    assert live.count() == 0
+
+
 def test_a_resume_may_change_the_audio_format(env):
     live = env.live
     session, first, loop = running_session(live, "sid1", {"format": "pcm16"})
@@ -587,7 +558,7 @@ def test_a_resume_may_change_the_audio_format(env):
     wait_for(lambda: first.named("transcription_result"))
     live.close("sid1")
     second = Recorder()
-    live.open("sid2", {"format": "pcm16", "sample_rate": 48000, "resume": session.resume_token}, second)
+    live.open("sid2", {"format": "pcm16", "sample_rate": 48000, "resume": session.resume_token}, GUEST, second)
     assert session.started_payload()["sample_rate"] == 48000
     audio48 = np.repeat(speech([9], lead_silence=0.1, tail_silence=2.0), 3)  # the same tones at 48 kHz
     session.feed(pcm16(audio48))
@@ -614,7 +585,7 @@ def test_an_unresumed_session_is_finished_and_saved_after_the_grace_period(tmp_p
     # Finished as a stopped session is: its last utterance was decoded too, and one entry was saved.
     assert [e["text"] for e in env.history.entries] == ["w7 w8 w2"]
     assert session.summary is not None and session.summary.reason == "disconnected"
-    fresh = live.open("sid2", {"format": "pcm16", "resume": session.resume_token}, Recorder())
+    fresh = live.open("sid2", {"format": "pcm16", "resume": session.resume_token}, GUEST, Recorder())
     assert fresh is not session and not fresh.resumed and fresh.started_payload()["resumed"] is False
 
 
@@ -625,7 +596,7 @@ def test_detached_sessions_count_against_the_session_limit(tmp_path):
     _, _, second = running_session(live, "sid2", {"format": "pcm16"})
     live.close("sid1")
     with pytest.raises(RateLimited):
-        live.open("sid3", {"format": "pcm16"})
+        live.open("sid3", {"format": "pcm16"}, GUEST)
     live.stop("sid2")
     now[0] += 60  # the detached one's grace period ends
     first.join(10)
@@ -643,7 +614,7 @@ def test_a_bad_resume_token_is_refused(resume):
 
 def test_a_scheduler_lane_is_reserved_while_a_session_is_open(env):
     assert env.scheduler.reserve() is False
-    env.live.open("sid", {"format": "pcm16"})
+    env.live.open("sid", {"format": "pcm16"}, GUEST)
     assert env.scheduler.reserve() is True
     wakes = env.scheduler.wakes
     env.live.close("sid")
@@ -652,7 +623,7 @@ def test_a_scheduler_lane_is_reserved_while_a_session_is_open(env):
 
 
 def test_close_of_a_session_whose_loop_never_ran(env):
-    session = env.live.open("sid", {"format": "pcm16"})
+    session = env.live.open("sid", {"format": "pcm16"}, GUEST)
     summary = env.live.close("sid")
     assert summary is not None and summary.text == "" and summary.history_id is None
     assert session.source._closed  # type: ignore[attr-defined]
@@ -662,7 +633,7 @@ def test_close_of_a_session_whose_loop_never_ran(env):
 
 def test_decoder_failure_ends_session_and_connection_can_start_again(tmp_path):
     e = make_env(Settings(data_dir=tmp_path), source_factory=lambda params: FakeSource())
-    session = e.live.open("sid", {"format": "webm"})
+    session = e.live.open("sid", {"format": "webm"}, GUEST)
     session.feed(b"GARBAGE bytes that are not webm")
     rec = Recorder()
     session.run(rec, lambda s: None)
@@ -670,13 +641,13 @@ def test_decoder_failure_ends_session_and_connection_can_start_again(tmp_path):
     assert errors and errors[0]["code"] == "decode_failed" and "EBML" in errors[0]["message"]
     assert rec.events[-1][0] == "recording_stopped"
     assert session.source.closed and e.live.count() == 0
-    again = e.live.open("sid", {"format": "webm"})
+    again = e.live.open("sid", {"format": "webm"}, GUEST)
     assert again.id != session.id
 
 
 def test_failed_passes_are_reported_then_end_the_session(env):
     live = env.live
-    live.open("sid", {"format": "pcm16"})
+    live.open("sid", {"format": "pcm16"}, GUEST)
     env.scheduler.fail = ModelUnavailable("model is loading")
     session = live.get("sid")
     session.feed(pcm16(speech([1, 2, 3], tail_silence=2.0)))
@@ -689,7 +660,7 @@ def test_failed_passes_are_reported_then_end_the_session(env):
 
 def test_session_limit_stops_with_a_final_flush(tmp_path):
     e = make_env(Settings(data_dir=tmp_path, live_max_session_seconds=2))
-    e.live.open("sid", {"format": "pcm16"})
+    e.live.open("sid", {"format": "pcm16"}, GUEST)
     rec = stream(e.live, "sid", speech([1, 2, 3, 4, 5, 6], tail_silence=0.0), stop=False)
     errors = rec.named("transcription_error")
     assert [p["code"] for p in errors] == ["session_limit"]
@@ -709,7 +680,7 @@ def test_legacy_selection(env):
     numbered = parse_chunk({"audio_data": b"\x00\x00", "seq": 5}, 1000)
     assert env.live.is_legacy("sid", chunk)
     assert not env.live.is_legacy("sid", numbered)  # a stray streaming chunk, not a recording
-    env.live.open("sid", {"format": "pcm16"})
+    env.live.open("sid", {"format": "pcm16"}, GUEST)
     assert not env.live.is_legacy("sid", chunk)
 
 
@@ -717,7 +688,7 @@ def test_legacy_recording_is_transcribed_and_saved(env):
     buf = io.BytesIO()
     sf.write(buf, speech([4, 2]), SR, format="WAV", subtype="PCM_16")
     chunk = env.live.admit_chunk("sid", {"audio_data": buf.getvalue()})
-    result = env.live.transcribe_recording(chunk)
+    result = env.live.transcribe_recording(chunk, GUEST)
     assert result.transcript.text == "w4 w2"
     assert result.history_id == 1 and env.history.entries[0]["source"] == "live"
     assert env.scheduler.priorities == [Priority.INTERACTIVE]
@@ -726,12 +697,12 @@ def test_legacy_recording_is_transcribed_and_saved(env):
 def test_legacy_garbage_is_a_decode_error(env):
     chunk = env.live.admit_chunk("sid", {"audio_data": np.random.default_rng(1).bytes(4000)})
     with pytest.raises((AudioDecodeError, InvalidInput)):
-        env.live.transcribe_recording(chunk)
+        env.live.transcribe_recording(chunk, GUEST)
     assert env.history.entries == []
 
 
 def test_loop_started_after_a_close_does_nothing(env):
-    session = env.live.open("sid", {"format": "pcm16"})
+    session = env.live.open("sid", {"format": "pcm16"}, GUEST)
     env.live.close("sid")
     rec = Recorder()
     summary = session.run(rec, lambda s: None)

@@ -107,8 +107,9 @@ def test_every_operation_documents_errors_and_security():
 
 def test_admin_only_operations_do_not_allow_anonymous_calls():
     spec = build_spec()
-    for path, method in [("/api/models/load", "post"), ("/api/admin/tokens", "get"), ("/api/admin/backup", "get"),
-                         ("/api/admin/restore", "post"), ("/api/history/{entry_id}", "delete")]:
+    for path, method in [("/api/models/load", "post"), ("/api/admin/users", "get"), ("/api/admin/backup", "get"),
+                         ("/api/admin/restore", "post"), ("/api/history/{entry_id}", "delete"),
+                         ("/api/auth/tokens", "post"), ("/api/admin/users/{user_id}", "delete")]:
         assert {} not in spec["paths"][path][method]["security"], (path, method)
     assert {} in spec["paths"]["/transcribe"]["post"]["security"]
 
@@ -121,7 +122,11 @@ def test_required_fields_named_in_the_contract():
         return paths[path][method]["responses"][status]["content"]["application/json"]["schema"]
 
     assert set(json_schema("/api/jobs", "post", "202")["required"]) >= {"job_id", "status", "links"}
-    assert json_schema("/api/admin/login", "post", "200")["required"] == ["csrf_token"]
+    login = json_schema("/api/auth/login", "post", "200")["allOf"]
+    assert login[1]["required"] == ["csrf_token"]
+    assert set(json_schema("/api/auth/token", "post", "200")["$ref"].split("/")[-1:]) == {"TokenGrant"}
+    grant = spec["components"]["schemas"]["TokenGrant"]
+    assert set(grant["required"]) == {"access_token", "token_type", "expires_in"}
     detect = spec["components"]["schemas"]["LanguageDetection"]
     assert set(detect["required"]) == {"language", "probability", "top"}
     form = paths["/v1/audio/transcriptions"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
@@ -180,11 +185,25 @@ def test_v1_errors_use_openai_shape(client):
     assert unavailable.get_json()["error"]["type"] == "server_error"
 
 
-def test_v1_rejects_an_invalid_token(client):
-    r = client.get("/v1/models", headers={"Authorization": "Bearer not-a-token"})
-    assert r.status_code == 401
-    assert r.get_json()["error"]["type"] == "authentication_error"
+def test_v1_takes_an_unknown_key_as_anonymous_in_open_mode_and_refuses_it_otherwise(app, tmp_path):
+    client = app.test_client()
+    # The official client always sends some key: in open mode an unknown one is the guest, not a 401.
+    assert client.get("/v1/models", headers={"Authorization": "Bearer anything"}).status_code == 200
     assert client.get("/v1/models", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+    # Elsewhere a token that is presented is always checked.
+    r = client.get("/api/history", headers={"Authorization": "Bearer anything"})
+    assert r.status_code == 401 and r.get_json()["error"]["code"] == "invalid_token"
+
+    settings = app.extensions["appliance"].settings.replace(require_auth=True, data_dir=tmp_path / "strict")
+    strict = create_app(settings, start_services=False, load_model=False)
+    try:
+        r = strict.test_client().get("/v1/models", headers={"Authorization": "Bearer anything"})
+        assert r.status_code == 401
+        assert r.get_json()["error"]["type"] == "authentication_error"
+        assert strict.test_client().get("/v1/models").status_code == 401
+        assert strict.test_client().get("/v1/models", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+    finally:
+        strict.extensions["appliance"].database.close()
 
 
 # -- OpenAI shapes (pure) --------------------------------------------------------------------------------------------

@@ -20,7 +20,11 @@ from whisper_appliance.services.model_manager import ModelManager
 
 STATIC = Path(app_module.__file__).parent / "static"
 HTTPS = "https://localhost"
-PAGES = ("/", "/history", "/admin")
+PAGES = ("/", "/history", "/login")  # open to anyone while REQUIRE_AUTH=false
+ACCOUNT_PAGES = ("/account", "/admin")  # only after a login
+# Elements a shared script looks for only when the page has them (common.js serves every page).
+OPTIONAL_IDS = {"common.js": {"model-badge", "model-badge-text", "degraded-banner", "degraded-reason"}}
+PASSWORD = "unit-admin-password"
 
 
 def no_engine(*args, **kwargs):
@@ -28,19 +32,63 @@ def no_engine(*args, **kwargs):
 
 
 @pytest.fixture
-def app(tmp_path, monkeypatch):
-    monkeypatch.setattr(app_module, "PLUGINS", ("health", "pages"))
-    settings = Settings(data_dir=tmp_path / "data", models_dir=tmp_path / "models", async_mode="threading",
-                        admin_password="pw", whisper_model="tiny.en", model_downloads=False).validated()
-    appliance = Appliance.build(settings, models=ModelManager(settings, engine_factory=no_engine))
-    app = app_module.create_app(settings, appliance=appliance, start_services=False)
-    yield app
-    appliance.stop()
+def make_app(tmp_path, monkeypatch):
+    monkeypatch.setattr(app_module, "PLUGINS", ("health", "auth", "pages"))
+    built = []
+
+    def make(**overrides):
+        values = dict(data_dir=tmp_path / "data", models_dir=tmp_path / "models", async_mode="threading",
+                      admin_password=PASSWORD, whisper_model="tiny.en", model_downloads=False)
+        settings = Settings(**{**values, **overrides}).validated()
+        appliance = Appliance.build(settings, models=ModelManager(settings, engine_factory=no_engine))
+        built.append(appliance)
+        return app_module.create_app(settings, appliance=appliance, start_services=False)
+
+    yield make
+    for appliance in built:
+        appliance.stop()
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
 
 
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+def logged_in(app, username="admin", password=PASSWORD):
+    client = app.test_client()
+    r = client.post("/api/auth/login", json={"username": username, "password": password}, base_url=HTTPS)
+    assert r.status_code == 200, r.get_json()
+    return client
+
+
+@pytest.fixture
+def admin_client(app):
+    return logged_in(app)
+
+
+def check_page(client, path):
+    r = client.get(path, base_url=HTTPS)
+    assert r.status_code == 200, (path, r.status_code, r.headers.get("Location"))
+    assert r.mimetype == "text/html"
+    assert "script-src 'self'" in r.headers["Content-Security-Policy"]
+    assert r.headers["Cache-Control"] == "no-store"
+    page = parse(r.get_data(as_text=True))
+    # The CSP forbids inline code: every script and style must come from a file.
+    assert page.inline_code == []
+    assert not any(tag == "style" for tag, _ in page.tags)
+    for tag, attrs in page.tags:
+        assert "style" not in attrs, f"inline style on <{tag}>"
+        assert not any(name.startswith("on") for name in attrs), f"inline handler on <{tag}>"
+    scripts = [attrs["src"] for tag, attrs in page.tags if tag == "script"]
+    assert scripts[0] == "/static/vendor/socket.io.min.js"
+    for src in scripts + [attrs["href"] for tag, attrs in page.tags if tag == "link"]:
+        assert src.startswith("/static/"), f"{src} is not served by this server (the pages work offline)"
+        assert client.get(src, base_url=HTTPS).status_code == 200, src
 
 
 class Collect(HTMLParser):
@@ -72,23 +120,44 @@ def parse(html: str) -> Collect:
 
 @pytest.mark.parametrize("path", PAGES)
 def test_pages_are_html_and_csp_clean(client, path):
-    r = client.get(path, base_url=HTTPS)
-    assert r.status_code == 200
-    assert r.mimetype == "text/html"
-    assert "script-src 'self'" in r.headers["Content-Security-Policy"]
-    assert r.headers["Cache-Control"] == "no-store"
-    page = parse(r.get_data(as_text=True))
-    # The CSP forbids inline code: every script and style must come from a file.
-    assert page.inline_code == []
-    assert not any(tag == "style" for tag, _ in page.tags)
-    for tag, attrs in page.tags:
-        assert "style" not in attrs, f"inline style on <{tag}>"
-        assert not any(name.startswith("on") for name in attrs), f"inline handler on <{tag}>"
-    scripts = [attrs["src"] for tag, attrs in page.tags if tag == "script"]
-    assert scripts[0] == "/static/vendor/socket.io.min.js"
-    for src in scripts + [attrs["href"] for tag, attrs in page.tags if tag == "link"]:
-        assert src.startswith("/static/"), f"{src} is not served by this server (the pages work offline)"
-        assert client.get(src, base_url=HTTPS).status_code == 200, src
+    check_page(client, path)
+
+
+@pytest.mark.parametrize("path", ACCOUNT_PAGES + PAGES)
+def test_pages_of_a_login_are_html_and_csp_clean(admin_client, path):
+    check_page(admin_client, path)
+
+
+@pytest.mark.parametrize("path", ACCOUNT_PAGES)
+def test_account_pages_send_a_guest_to_the_login(client, path):
+    r = client.get(path + "?tab=1", base_url=HTTPS)
+    assert r.status_code == 303 and r.headers["Location"] == f"/login?next={path}?tab=1"
+
+
+def test_with_require_auth_every_page_but_the_login_wants_one(make_app):
+    client = make_app(require_auth=True).test_client()
+    for path in ("/", "/history"):
+        r = client.get(path, base_url=HTTPS)
+        assert r.status_code == 303 and r.headers["Location"].startswith("/login?next="), path
+    check_page(client, "/login")
+
+
+def test_the_top_bar_says_who_is_logged_in(client, admin_client, app):
+    guest = parse(client.get("/", base_url=HTTPS).get_data(as_text=True))
+    testids = {attrs.get("data-testid") for _, attrs in guest.tags}
+    assert "login-link" in testids and "logout" not in testids
+    assert not any(attrs.get("href") == "/admin" for _, attrs in guest.tags)
+    html = admin_client.get("/", base_url=HTTPS).get_data(as_text=True)
+    admin = parse(html)
+    assert {"account-name", "logout"} <= {attrs.get("data-testid") for _, attrs in admin.tags}
+    assert any(attrs.get("href") == "/admin" for _, attrs in admin.tags)
+    app.extensions["appliance"].accounts.create_user("alice", "a long enough password")
+    alice = logged_in(app, "alice", "a long enough password")
+    r = alice.get("/admin", base_url=HTTPS)
+    assert r.status_code == 403 and "admin-forbidden" in r.get_data(as_text=True)
+    assert "admin.js" not in r.get_data(as_text=True)
+    assert not any(attrs.get("href") == "/admin"
+                   for _, attrs in parse(alice.get("/", base_url=HTTPS).get_data(as_text=True)).tags)
 
 
 def test_degraded_mode_shows_the_reason(client):
@@ -117,11 +186,14 @@ def test_main_page_has_the_controls_the_scripts_need(client):
     assert '<option value="de">German (de)</option>' in html
 
 
-@pytest.mark.parametrize("path, script", [("/history", "history.js"), ("/admin", "admin.js")])
-def test_other_pages_have_the_elements_their_script_uses(client, path, script):
-    ids = {attrs.get("id") for _, attrs in parse(client.get(path, base_url=HTTPS).get_data(as_text=True)).tags}
+@pytest.mark.parametrize("path, script", [("/history", "history.js"), ("/admin", "admin.js"),
+                                          ("/login", "login.js"), ("/account", "account.js"), ("/", "common.js")])
+def test_other_pages_have_the_elements_their_script_uses(make_app, path, script):
+    app = make_app(allow_registration=True)  # the login page has its registration form then
+    html = logged_in(app).get(path, base_url=HTTPS).get_data(as_text=True)
+    ids = {attrs.get("id") for _, attrs in parse(html).tags}
     js = (STATIC / "js" / script).read_text()
-    for wanted in set(re.findall(r'\$\("([a-z0-9-]+)"\)', js)):
+    for wanted in set(re.findall(r'\$\("([a-z0-9-]+)"\)', js)) - OPTIONAL_IDS.get(script, set()):
         assert wanted in ids, f"{script} looks for #{wanted}, which {path} lacks"
 
 

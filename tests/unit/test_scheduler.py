@@ -4,26 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
-from contextlib import contextmanager
 
 import pytest
 
 from whisper_appliance.core.errors import Cancelled, ModelUnavailable
 from whisper_appliance.services.scheduler import InferenceScheduler, Priority
 
-
-class FakeModels:
-    def __init__(self, parallel_calls: int = 1) -> None:
-        self.generation = 1
-        self.engine = object()
-        self.fail: Exception | None = None
-        self.parallel_calls = parallel_calls
-
-    @contextmanager
-    def use(self, timeout=None):
-        if self.fail:
-            raise self.fail
-        yield self.engine
+from .fakes import FakeModels
 
 
 @pytest.fixture

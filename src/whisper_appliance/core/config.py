@@ -76,9 +76,13 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("SSL_CERT_PATH", "", "Your own certificate (PEM); used as is."),
     Variable("SSL_KEY_PATH", "", "Your own private key (PEM)."),
     Variable("MAX_UPLOAD_SIZE", "100MB", "Largest upload, e.g. 500KB, 100MB, 2GB."),
-    Variable("ADMIN_PASSWORD", "", "Admin password; if empty one is generated on first start and logged once."),
-    Variable("API_KEYS", "", "Comma-separated API tokens accepted as 'Authorization: Bearer'."),
-    Variable("REQUIRE_AUTH", "false", "Require a token (or admin login) for transcription too."),
+    Variable("ADMIN_PASSWORD", "", "Password of the account 'admin' (set, enabled and made an admin at every start); "
+                                   "if empty, a first admin is created with a generated password, logged once."),
+    Variable("API_KEYS", "", "Comma-separated tokens accepted as 'Authorization: Bearer': 'transcribe' tokens of "
+                             "the admin account."),
+    Variable("REQUIRE_AUTH", "false", "Every request needs a login or a token; false: anonymous callers share a "
+                                      "guest history."),
+    Variable("ALLOW_REGISTRATION", "false", "Anyone who can reach the server may create a user account."),
     Variable("CORS_ORIGINS", "", "Comma-separated extra origins allowed for CORS and Socket.IO (same-origin always)."),
     Variable("ASYNC_MODE", "eventlet", "eventlet or threading."),
     Variable("RESULT_CACHE", "true", "Return the stored result for identical audio, model and options."),
@@ -115,6 +119,7 @@ class Settings:
     admin_password: str = field(default="", repr=False)
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     require_auth: bool = False
+    allow_registration: bool = False
     cors_origins: tuple[str, ...] = ()
     async_mode: str = "eventlet"
     result_cache: bool = True
@@ -186,7 +191,7 @@ class Settings:
 
 _INTS = {"cpu_threads", "inference_workers", "https_port", "http_port", "history_retention_days", "live_max_sessions",
          "live_max_session_seconds", "live_max_chunks_per_second", "live_resume_seconds"}
-_BOOLS = {"model_downloads", "http_redirect", "require_auth", "result_cache"}
+_BOOLS = {"model_downloads", "http_redirect", "require_auth", "allow_registration", "result_cache"}
 _SIZES = {"max_upload_size", "live_max_chunk_size"}
 _DIRS = {"models_dir", "data_dir", "ssl_dir"}
 _OPTIONAL_PATHS = {"ssl_cert_path", "ssl_key_path"}

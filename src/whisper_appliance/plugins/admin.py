@@ -1,38 +1,35 @@
-"""The admin JSON API: login session, model management, API tokens and the settings view.
+"""The admin JSON API: model management, user management, per-user figures and the settings view.
 
-Routes (the admin page itself is served by the pages plugin):
+Routes (the admin page itself is served by the pages plugin; logging in is the auth plugin's):
 
-* ``POST /api/admin/login`` / ``POST /api/admin/logout`` / ``GET /api/admin/session``,
-  ``POST /api/admin/password`` (change a generated password);
 * ``GET /api/models`` (open like other reads), ``POST /api/models/load``, ``POST /api/models/cancel``,
   ``DELETE /api/models/<name>``;
-* ``GET/POST /api/admin/tokens``, ``DELETE /api/admin/tokens/<id>``;
+* ``GET|POST /api/admin/users``, ``PATCH|DELETE /api/admin/users/<id>`` (create, disable, reset a password,
+  change a role; delete with the user's data or with it handed to another user);
+* ``GET /api/admin/stats``: per-user history entries, audio hours, storage and jobs;
 * ``GET /api/admin/settings``.
 
-Admin rights come from the session cookie set by login (changes also need its ``X-CSRF-Token``) or from an API
-token: tokens are issued by the admin, so they carry the admin's rights (see http.py).
+Everything but the model list needs an admin account with full access: a login (changes also need its
+``X-CSRF-Token``) or an ``admin``-scope token of an admin (see http.py).
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 from typing import Any
 
-from flask import Blueprint, Flask, Response, jsonify, request, session
+from flask import Blueprint, Flask, Response, jsonify, request
 from flask_socketio import SocketIO
 
 from ..core import concurrency
 from ..core.catalog import ENGINES, MODEL_NAMES
-from ..core.errors import Conflict, InvalidInput, NotFound, Unauthorized
-from ..http import appliance, limiter, request_json, require_access, require_admin
+from ..core.errors import Conflict, InvalidInput, NotFound
+from ..http import appliance, current_principal, end_connections, request_json, require_access, require_admin
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("admin", __name__)
 
-SESSION_LIFETIME = timedelta(hours=12)
-LOGIN_RATE_LIMIT = "10 per minute"
 
 
 def _string_field(data: dict[str, Any], name: str, *, required: bool = True) -> str | None:
@@ -42,55 +39,6 @@ def _string_field(data: dict[str, Any], name: str, *, required: bool = True) -> 
     if not isinstance(value, str) or not value:
         raise InvalidInput(f"{name!r} must be a non-empty string", code="invalid_request")
     return value
-
-
-# -- session -------------------------------------------------------------------------------------------------------
-def _failed_login(response: Response) -> bool:
-    # Only failures count towards the limit: a person who logs in correctly is never locked out by it.
-    return response.status_code != 200
-
-
-@bp.post("/api/admin/login")
-@limiter.limit(LOGIN_RATE_LIMIT, deduct_when=_failed_login)
-def login() -> Response:
-    password = request_json().get("password")
-    if not isinstance(password, str):
-        raise InvalidInput("'password' must be a string", code="invalid_request")
-    # scrypt is deliberately slow; run it off the event loop.
-    if not concurrency.wait_blocking(appliance().auth.verify_admin_password, password):
-        log.warning("failed admin login from %s", request.remote_addr)
-        raise Unauthorized("wrong admin password", code="invalid_password")
-    session.clear()
-    session["admin"] = True
-    session["csrf"] = appliance().auth.new_csrf_token()
-    session.permanent = True
-    log.info("admin logged in from %s", request.remote_addr)
-    return jsonify({"csrf_token": session["csrf"], "expires_in": int(SESSION_LIFETIME.total_seconds())})
-
-
-@bp.post("/api/admin/logout")
-def logout() -> Response:
-    # No CSRF check: ending a session harms no one, and a page that lost its token can still log out.
-    session.clear()
-    return jsonify({"admin": False})
-
-
-@bp.get("/api/admin/session")
-def session_info() -> Response:
-    body: dict[str, Any] = {"admin": bool(session.get("admin"))}
-    if body["admin"]:
-        body["csrf_token"] = session.get("csrf")
-    return jsonify(body)
-
-
-@bp.post("/api/admin/password")
-@require_admin
-def change_password() -> Response:
-    data = request_json()
-    current = _string_field(data, "current_password")
-    new = _string_field(data, "new_password")
-    concurrency.wait_blocking(appliance().auth.change_admin_password, current, new)
-    return jsonify({"changed": True})
 
 
 # -- models --------------------------------------------------------------------------------------------------------
@@ -156,28 +104,71 @@ def delete_model(name: str) -> Response:
     return jsonify({"deleted": name})
 
 
-# -- API tokens ------------------------------------------------------------------------------------------------
-@bp.get("/api/admin/tokens")
+# -- users -------------------------------------------------------------------------------------------------------
+def _user_id(raw: str) -> int:
+    if not raw.isdigit():
+        raise NotFound(f"user {raw} not found")
+    return int(raw)
+
+
+@bp.get("/api/admin/users")
 @require_admin
-def list_tokens() -> Response:
-    return jsonify({"tokens": [info.to_dict() for info in appliance().auth.list_tokens()]})
+def list_users() -> Response:
+    users = concurrency.wait_blocking(appliance().accounts.list_users)
+    return jsonify({"users": [u.to_dict() for u in users]})
 
 
-@bp.post("/api/admin/tokens")
+@bp.post("/api/admin/users")
 @require_admin
-def create_token() -> tuple[Response, int]:
-    label = request_json().get("label")
-    if not isinstance(label, str):
-        raise InvalidInput("'label' must be a string", code="missing_label")
-    token, info = concurrency.wait_blocking(appliance().auth.create_token, label)
-    return jsonify({"token": token, **info.to_dict()}), 201
+def create_user() -> tuple[Response, int]:
+    data = request_json()
+    user = concurrency.wait_blocking(appliance().accounts.create_user, data.get("username"), data.get("password"),
+                                     data.get("role", "user"))
+    log.info("user %r created by %r", user.username, current_principal().username)
+    return jsonify(user.to_dict()), 201
 
 
-@bp.delete("/api/admin/tokens/<token_id>")
+@bp.patch("/api/admin/users/<user_id>")
 @require_admin
-def revoke_token(token_id: str) -> Response:
-    concurrency.wait_blocking(appliance().auth.revoke_token, token_id)
-    return jsonify({"deleted": token_id})
+def update_user(user_id: str) -> Response:
+    data = request_json()
+    unknown = set(data) - {"role", "disabled", "password"}
+    if unknown or not data:
+        raise InvalidInput("send one or more of 'role', 'disabled' and 'password'"
+                           + (f" (not {', '.join(sorted(unknown))})" if unknown else ""), code="invalid_request")
+    disabled = data.get("disabled")
+    if disabled is not None and not isinstance(disabled, bool):
+        raise InvalidInput("'disabled' must be true or false", code="invalid_request")
+    user, ended = concurrency.wait_blocking(appliance().accounts.update_user, current_principal(), _user_id(user_id),
+                                            role=data.get("role"), disabled=disabled, password=data.get("password"))
+    end_connections(ended)
+    return jsonify(user.to_dict())
+
+
+@bp.delete("/api/admin/users/<user_id>")
+@require_admin
+def delete_user(user_id: str) -> Response:
+    """``?data=delete`` deletes the account's history and jobs with it; ``?transfer_to=<id>`` hands them over."""
+    a = appliance()
+    uid = _user_id(user_id)
+    data, transfer = request.args.get("data"), request.args.get("transfer_to")
+    if (data == "delete") == bool(transfer):
+        raise InvalidInput("say what happens to the user's history and jobs: ?data=delete, or ?transfer_to=<user "
+                           "id> to hand them to another user", code="invalid_request")
+    if transfer is not None and not transfer.isdigit():
+        raise InvalidInput("transfer_to must be a user id", code="invalid_request")
+    target = int(transfer) if transfer else None
+    user = concurrency.wait_blocking(a.accounts.check_deletable, current_principal(), uid, target)
+    # Their live sessions end first, and save what they committed, before the records go or move.
+    end_connections(concurrency.wait_blocking(a.accounts.connections_of, user.id))
+    deleted = concurrency.wait_blocking(a.delete_user, current_principal(), uid, transfer_to=target)
+    return jsonify(deleted.to_dict())
+
+
+@bp.get("/api/admin/stats")
+@require_admin
+def stats() -> Response:
+    return jsonify(concurrency.wait_blocking(appliance().usage))
 
 
 # -- settings ------------------------------------------------------------------------------------------------------
@@ -188,5 +179,4 @@ def settings_view() -> Response:
 
 
 def init_app(app: Flask, socketio: SocketIO) -> None:
-    app.permanent_session_lifetime = SESSION_LIFETIME
     app.register_blueprint(bp)

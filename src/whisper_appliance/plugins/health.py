@@ -49,15 +49,13 @@ def status() -> Response:
     disk = psutil.disk_usage(str(a.settings.data_dir))
     vm = psutil.virtual_memory()
     proc = psutil.Process(os.getpid())
-    live = a.extras.get("live")
-    jobs = a.extras.get("jobs")
     return jsonify({
         "version": __version__,
         "uptime_seconds": round(a.uptime_seconds, 1),
         "model": a.models.status().to_dict(),
         "queue": a.scheduler.depth().to_dict(),
-        "live_sessions": live.count() if live is not None else 0,
-        "jobs": jobs.counts() if jobs is not None else {},
+        "live_sessions": a.live.count(),
+        "jobs": a.jobs.counts(),
         "history": {"entries": a.history.count()},
         "system": {
             "cpu_percent": psutil.cpu_percent(interval=None),
@@ -79,16 +77,4 @@ def metrics() -> Response:
 
 
 def init_app(app: Flask, socketio: SocketIO) -> None:
-    a = app.extensions["appliance"]
-
-    def live_count() -> int:
-        live = a.extras.get("live")
-        return live.count() if live is not None else 0
-
-    def job_counts() -> dict[str, int]:
-        jobs = a.extras.get("jobs")
-        return jobs.counts() if jobs is not None else {}
-
-    a.metrics.bind_live_state(queue_depth=lambda: a.scheduler.depth().to_dict(), live_sessions=live_count,
-                              model_state=lambda: a.models.status().state, jobs=job_counts)
     app.register_blueprint(bp)

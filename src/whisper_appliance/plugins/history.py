@@ -1,4 +1,4 @@
-"""The history REST API over ``HistoryStore``, database backup/restore, and the retention clean-up task.
+"""The history REST API over ``HistoryStore``, and database backup/restore.
 
 Routes:
 
@@ -7,7 +7,10 @@ Routes:
 * ``GET /api/history/export`` (streamed JSON or CSV, every entry), ``POST /api/history/import``;
 * ``GET /api/admin/backup`` (a consistent SQLite copy), ``POST /api/admin/restore``.
 
-Reads and text edits follow ``REQUIRE_AUTH``; deleting, importing, backup and restore need admin rights.
+Every route takes the caller's principal to the store, which shows only the caller's entries (the guests' shared
+ones for anonymous callers; every entry to an admin, who may add ``?user=<name|guest>``); another owner's entry is
+404. Reads follow ``REQUIRE_AUTH``; edits need full access (or a guest, on guest entries); deleting needs an
+account; importing, backup and restore need an admin.
 Database calls run off the event loop (``concurrency.wait_blocking``): the store's lock is a real OS lock that
 an inference thread may hold while it records a result. Nothing here returns HTML: transcripts are data.
 """
@@ -29,14 +32,19 @@ from flask_socketio import SocketIO
 from ..core import concurrency
 from ..core.errors import InvalidInput
 from ..core.formats import FORMATS
+from ..core.identity import GUEST_NAME
 from ..core.options import parse_int
 from ..http import (
     appliance,
+    current_principal,
     download_name,
     formatted_response,
+    owner_filter,
     request_json,
     require_access,
+    require_account,
     require_admin,
+    require_history_change,
     uploaded_file,
 )
 from ..services.history import parse_import
@@ -47,7 +55,6 @@ bp = Blueprint("history", __name__)
 
 MAX_DELETE_IDS = 1000
 MAX_REPORTED_IMPORT_ERRORS = 100
-RETENTION_INTERVAL_SECONDS = 3600
 ENTRY_EXPORT_FORMATS = tuple(FORMATS)  # json is the stored entry itself, the others the core writers
 BACKUP_CHUNK = 1024 * 1024
 SQLITE_CONTENT_TYPE = "application/vnd.sqlite3"
@@ -80,49 +87,50 @@ def _blocking(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 @bp.get("/api/history")
 @require_access
 def search() -> Response:
-    page = _blocking(appliance().history.search, _query_text("q"), source=_query_text("source"),
+    page = _blocking(appliance().history.search, current_principal(), _query_text("q"), source=_query_text("source"),
                      language=_query_text("language"), since=_query_text("since"), until=_query_text("until"),
-                     limit=_query_int("limit", 50), offset=_query_int("offset", 0))
+                     limit=_query_int("limit", 50), offset=_query_int("offset", 0), owner=owner_filter())
     return jsonify(page.to_dict())
 
 
 @bp.get("/api/history/stats")
 @require_access
 def stats() -> Response:
-    return jsonify(_blocking(appliance().history.stats, _query_int("days", 30)))
+    return jsonify(_blocking(appliance().history.stats, current_principal(), _query_int("days", 30),
+                             owner=owner_filter()))
 
 
 @bp.get("/api/history/<int:entry_id>")
 @require_access
 def get_entry(entry_id: int) -> Response:
-    return jsonify(_blocking(appliance().history.get, entry_id).to_dict())
+    return jsonify(_blocking(appliance().history.get, current_principal(), entry_id).to_dict())
 
 
 @bp.patch("/api/history/<int:entry_id>")
-@require_access
+@require_history_change
 def edit_entry(entry_id: int) -> Response:
     text = request_json().get("text")
     if not isinstance(text, str):
         raise InvalidInput("'text' must be a string", code="invalid_request")
-    return jsonify(_blocking(appliance().history.update_text, entry_id, text).to_dict())
+    return jsonify(_blocking(appliance().history.update_text, current_principal(), entry_id, text).to_dict())
 
 
 @bp.delete("/api/history/<int:entry_id>")
-@require_admin
+@require_account
 def delete_entry(entry_id: int) -> Response:
-    _blocking(appliance().history.delete, entry_id)
+    _blocking(appliance().history.delete, current_principal(), entry_id)
     return jsonify({"deleted": entry_id})
 
 
 @bp.post("/api/history/delete")
-@require_admin
+@require_account
 def delete_entries() -> Response:
     ids = request_json().get("ids")
     if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
         raise InvalidInput("'ids' must be a list of entry ids (whole numbers)", code="invalid_request")
     if len(ids) > MAX_DELETE_IDS:
         raise InvalidInput(f"at most {MAX_DELETE_IDS} ids per request, got {len(ids)}", code="too_many_ids")
-    return jsonify({"deleted": _blocking(appliance().history.delete_many, ids)})
+    return jsonify({"deleted": _blocking(appliance().history.delete_many, current_principal(), ids)})
 
 
 @bp.get("/api/history/<int:entry_id>/export")
@@ -132,7 +140,7 @@ def export_entry(entry_id: int) -> Response:
     if fmt not in ENTRY_EXPORT_FORMATS:
         raise InvalidInput(f"format must be one of {', '.join(ENTRY_EXPORT_FORMATS)}, got {fmt!r}",
                            code="invalid_option")
-    entry = _blocking(appliance().history.get, entry_id)
+    entry = _blocking(appliance().history.get, current_principal(), entry_id)
     filename = entry.filename or f"transcript-{entry.id}"
     if fmt == "json":
         return _attachment(jsonify(entry.to_dict()), download_name(filename, "json"))
@@ -149,8 +157,8 @@ def export_all() -> Response:
     fmt = (request.args.get("format") or "json").strip().lower()
     if fmt not in _EXPORTS:
         raise InvalidInput(f"format must be json or csv, got {fmt!r}", code="invalid_option")
-    history = appliance().history
-    chunks = history.export_json() if fmt == "json" else history.export_csv()
+    history, viewer, owner = appliance().history, current_principal(), owner_filter()
+    chunks = history.export_json(viewer, owner=owner) if fmt == "json" else history.export_csv(viewer, owner=owner)
     # Streamed from one read snapshot with no row cap; closing the response closes the reader connection.
     resp = Response(stream_with_context(chunks), content_type=_EXPORTS[fmt])
     return _attachment(resp, f"whisper-appliance-history-{_stamp()}.{fmt}")
@@ -170,6 +178,19 @@ def _import_format(filename: str | None, data: bytes) -> str:
     return "json" if head[:1] in (b"[", b"{") else "csv"
 
 
+def _import_owner() -> int | None:
+    """Whose history imported entries join: ``?owner=<username|guest>``, by default the importing admin's."""
+    name = (request.args.get("owner") or "").strip()
+    if not name:
+        return current_principal().user_id
+    if name == GUEST_NAME:
+        return None
+    user = appliance().accounts.find_user(name)
+    if user is None:
+        raise InvalidInput(f"no user {name!r} to import for", code="unknown_user")
+    return user.id
+
+
 @bp.post("/api/history/import")
 @require_admin
 def import_entries() -> Response:
@@ -184,7 +205,7 @@ def import_entries() -> Response:
                            "of entries with Content-Type: application/json", code="missing_file")
     if not items:
         raise InvalidInput("the import file holds no entries", code="empty_import")
-    result = _blocking(appliance().history.import_entries, items)
+    result = _blocking(appliance().history.import_entries, items, owner_id=_import_owner())
     if result.imported == 0 and result.skipped_duplicates == 0:
         shown = "; ".join(result.errors[:5])
         raise InvalidInput(f"no entry in the file could be imported: {shown}", code="invalid_import")
@@ -229,16 +250,6 @@ def backup() -> Response:
     return _attachment(resp, f"whisper-appliance-{_stamp()}.db")
 
 
-def _restore_database(a: Any, path: Path) -> Path:
-    """Swap in the backup; with jobs, only while none is unfinished (409), and the job queue then reloads from it
-    (its stop/start join threads and read the database, so all of this runs off the event loop)."""
-    jobs = a.extras.get("jobs")
-    if jobs is None:
-        return a.database.restore_from(path)
-    with jobs.suspended():
-        return a.database.restore_from(path)
-
-
 @bp.post("/api/admin/restore")
 @require_admin
 def restore() -> Response:
@@ -252,7 +263,8 @@ def restore() -> Response:
         if path.stat().st_size == 0:
             raise InvalidInput("the uploaded backup file is empty", code="empty_file")
         _blocking(a.database.validate_file, path)
-        saved = _blocking(_restore_database, a, path)
+        # The job queue's stop/start join threads and read the database: all of it runs off the event loop.
+        saved = _blocking(a.restore, path)
     finally:
         path.unlink(missing_ok=True)
     entries = _blocking(a.history.count)
@@ -260,23 +272,5 @@ def restore() -> Response:
     return jsonify({"restored": True, "entries": entries, "previous_saved_as": saved.name})
 
 
-# -- retention -------------------------------------------------------------------------------------------------------
-def retention_loop(socketio: SocketIO, purge: Callable[[int], int], days: int,
-                   interval: float = RETENTION_INTERVAL_SECONDS) -> None:
-    """Purge entries older than ``days`` now and then every ``interval`` seconds, for the server's lifetime."""
-    while True:
-        try:
-            concurrency.wait_blocking(purge, days)
-        except Exception:
-            # The next round tries again; a failure must not end the task for good.
-            log.exception("history retention clean-up failed")
-        socketio.sleep(interval)
-
-
 def init_app(app: Flask, socketio: SocketIO) -> None:
     app.register_blueprint(bp)
-    a = app.extensions["appliance"]
-    days = a.settings.history_retention_days
-    if days > 0:
-        log.info("history retention: entries older than %d days are deleted hourly", days)
-        socketio.start_background_task(retention_loop, socketio, a.history.purge_older_than, days)

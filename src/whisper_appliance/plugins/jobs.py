@@ -1,7 +1,9 @@
 """Async transcription jobs: ``/api/jobs`` (submit, status, result, cancel, list) and the ``join_job`` event.
 
-Thin: parse the request, authorise it, call ``JobQueue`` (services/jobs.py), shape the reply. Progress reaches
-Socket.IO clients through the event bus (room ``job:<id>``), never by emitting from a worker thread.
+Thin: parse the request, authorise it, call ``JobQueue`` (services/jobs.py) with the caller's principal, shape the
+reply. Another owner's job is 404, on every route and in ``join_job``, so only a job's owner (or an admin) can
+join its room. Progress reaches Socket.IO clients through the event bus (room ``job:<id>``), never by emitting from
+a worker thread.
 """
 
 from __future__ import annotations
@@ -13,7 +15,15 @@ from flask_socketio import SocketIO, emit, join_room, leave_room
 
 from ..core.errors import ApplianceError, InvalidInput
 from ..core.options import parse_int
-from ..http import appliance, formatted_response, require_access
+from ..http import (
+    appliance,
+    current_principal,
+    formatted_response,
+    owner_filter,
+    require_access,
+    require_history_change,
+    socket_principal,
+)
 from ..services.job_store import MAX_PAGE, STATUSES
 from ..services.jobs import JobQueue, job_room
 from .upload import parse_line_width, parse_output, parse_upload_form
@@ -24,7 +34,7 @@ MAX_JOB_ID = 64
 
 
 def jobs() -> JobQueue:
-    return appliance().extras["jobs"]
+    return appliance().jobs
 
 
 @bp.post("/api/jobs")
@@ -33,7 +43,8 @@ def submit() -> Response:
     a = appliance()
     upload = parse_upload_form()
     with a.transcription.spooled(upload.storage.stream, upload.filename) as spooled:
-        view = jobs().submit(spooled, upload.options, output=upload.output, requested_model=upload.model)
+        view = jobs().submit(spooled, upload.options, owner=current_principal(), output=upload.output,
+                             requested_model=upload.model)
     body = {"job_id": view.job_id, "status": view.status, "links": view.links}
     if view.cached:
         body["cached"] = True
@@ -51,20 +62,20 @@ def list_jobs() -> Response:
         raise InvalidInput(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
     limit = parse_int("limit", request.args.get("limit"), default=50, lo=1, hi=MAX_PAGE)
     offset = parse_int("offset", request.args.get("offset"), default=0, lo=0)
-    views = jobs().list(status, limit, offset)
+    views = jobs().list(current_principal(), status, limit, offset, owner=owner_filter())
     return jsonify({"jobs": [v.to_dict() for v in views], "limit": limit, "offset": offset})
 
 
 @bp.get("/api/jobs/<job_id>")
 @require_access
 def get_job(job_id: str) -> Response:
-    return jsonify(jobs().get(job_id).to_dict())
+    return jsonify(jobs().get(current_principal(), job_id).to_dict())
 
 
 @bp.get("/api/jobs/<job_id>/result")
 @require_access
 def job_result(job_id: str) -> Response:
-    finished = jobs().result(job_id)
+    finished = jobs().result(current_principal(), job_id)
     fmt = parse_output(request.args.get("format") or finished.output)
     if fmt == "json":
         return jsonify(finished.result.to_dict(words=finished.word_timestamps))
@@ -73,9 +84,9 @@ def job_result(job_id: str) -> Response:
 
 
 @bp.delete("/api/jobs/<job_id>")
-@require_access
+@require_history_change
 def delete_job(job_id: str) -> Response:
-    view, deleted = jobs().cancel(job_id)
+    view, deleted = jobs().cancel(current_principal(), job_id)
     body = view.to_dict()
     body["deleted"] = deleted
     return jsonify(body)
@@ -86,7 +97,8 @@ def _join_job(data: Any = None) -> dict[str, Any]:
     try:
         if not isinstance(job_id, str) or not job_id or len(job_id) > MAX_JOB_ID:
             raise InvalidInput("join_job needs {\"job_id\": \"<id>\"}")
-        view = jobs().get(job_id, with_result=False)
+        # Another owner's job answers job_error not_found, like a missing one.
+        view = jobs().get(socket_principal(), job_id, with_result=False)
     except ApplianceError as err:
         payload = {"job_id": job_id if isinstance(job_id, str) else None, **err.to_dict()}
         emit("job_error", payload)
@@ -106,10 +118,6 @@ def _leave_job(data: Any = None) -> dict[str, Any]:
 
 
 def init_app(app: Flask, socketio: SocketIO) -> None:
-    a = app.extensions["appliance"]
-    queue = JobQueue(a.settings, a.job_store, a.transcription, a.scheduler, a.events)
-    a.extras["jobs"] = queue
-    queue.start()
     app.register_blueprint(bp)
     socketio.on_event("join_job", _join_job)
     socketio.on_event("leave_job", _leave_job)

@@ -8,8 +8,9 @@ received_until?}``,
 with ``transcription_error`` code ``already_recording``; the running session goes on.
 
 ``audio_chunk`` without ``start_recording`` and without ``seq`` is the seed page's message: one whole
-recording, answered with one ``transcription_result``. Connection checks (origin, REQUIRE_AUTH) are app.py's
-``connect`` handler; this class deliberately defines no ``on_connect``.
+recording, answered with one ``transcription_result``. Connection checks (origin, the principal, REQUIRE_AUTH) are
+app.py's ``connect`` handler; this class deliberately defines no ``on_connect``. A session is saved to the history
+of the principal the connection was opened with.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from flask import Flask, request
 from flask_socketio import Namespace, SocketIO
 
 from ..core.errors import ApplianceError, Forbidden
+from ..http import socket_principal
 from ..services.live import LiveSessions, parse_live_params
 
 log = logging.getLogger(__name__)
@@ -61,7 +63,7 @@ class LiveSpeech(Namespace):
             socketio.emit(name, payload, to=sid, namespace=self.namespace)
 
         params = parse_live_params(data)
-        session = self.live.open(sid, params, emit)
+        session = self.live.open(sid, params, socket_principal(), emit)
         emit("recording_started", session.started_payload())
         if session.resumed:  # its loop runs on; the client gets the results it missed
             session.replay(params.received_until)
@@ -82,7 +84,7 @@ class LiveSpeech(Namespace):
         if not self.live.is_legacy(sid, chunk):
             raise ApplianceError("no recording is running on this connection; send start_recording first",
                                  code="not_recording", status=400)
-        result = self.live.transcribe_recording(chunk)
+        result = self.live.transcribe_recording(chunk, socket_principal())
         self._socketio.emit("transcription_result", {
             "session_id": None, "text": result.transcript.text, "start": 0.0,
             "end": round(result.transcript.duration, 3), "final": True, "language": result.transcript.language,
@@ -112,7 +114,4 @@ class LiveSpeech(Namespace):
 
 
 def init_app(app: Flask, socketio: SocketIO) -> None:
-    a = app.extensions["appliance"]
-    live = LiveSessions(a.settings, a.models, a.scheduler, a.transcription, a.events)
-    a.extras["live"] = live
-    socketio.on_namespace(LiveSpeech(socketio, live))
+    socketio.on_namespace(LiveSpeech(socketio, app.extensions["appliance"].live))

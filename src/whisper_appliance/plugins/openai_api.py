@@ -3,7 +3,9 @@
 Clients written for OpenAI's Whisper API (the official ``openai`` package among them) work unchanged: the same
 multipart fields, the same ``response_format`` values and reply shapes, and errors in OpenAI's shape (``http.py``
 adds ``type`` and ``param`` under ``/v1``). ``whisper-1`` is an alias of whatever model is loaded; naming another
-model is a 409 naming the loaded one. Every transcription is recorded in the history with source ``api``.
+model is a 409 naming the loaded one. Every transcription is recorded in the caller's history with source ``api``.
+The official client always sends an API key: while ``REQUIRE_AUTH=false`` a key that is not a known token is
+taken as anonymous (the guest), not refused (http.py).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from ..core.formats import FORMATS, render
 from ..core.languages import language_name
 from ..core.options import parse_options
 from ..core.records import Segment, TranscribeOptions, Transcript
-from ..http import appliance, require_access, safe_filename, uploaded_file
+from ..http import appliance, current_principal, require_access, safe_filename, uploaded_file
 from ..services.transcription import OPENAI_MODEL_ALIAS
 
 bp = Blueprint("openai_api", __name__, url_prefix="/v1")
@@ -125,8 +127,8 @@ def audio_request(task: str) -> Response:
     options = openai_options(form, task, granularities)
     filename = safe_filename(storage.filename)
     with a.transcription.spooled(storage.stream, filename) as spooled:
-        result = a.transcription.transcribe_file(spooled, options, source="api", requested_model=model,
-                                                 allow_openai_alias=True,
+        result = a.transcription.transcribe_file(spooled, options, source="api", owner=current_principal(),
+                                                 requested_model=model, allow_openai_alias=True,
                                                  metadata={"size_bytes": spooled.size, "endpoint": task})
     return reply(result.transcript, fmt, task, words="word" in granularities)
 

@@ -12,7 +12,7 @@ from ..core.errors import InvalidInput
 from ..core.formats import FORMATS
 from ..core.options import parse_int, parse_options
 from ..core.records import TranscribeOptions
-from ..http import appliance, formatted_response, require_access, safe_filename, uploaded_file
+from ..http import appliance, current_principal, formatted_response, require_access, safe_filename, uploaded_file
 
 bp = Blueprint("upload", __name__)
 
@@ -56,7 +56,7 @@ def transcribe() -> Response:
     a = appliance()
     upload = parse_upload_form()
     with a.transcription.spooled(upload.storage.stream, upload.filename) as spooled:
-        result = a.transcription.transcribe_file(spooled, upload.options, source="upload",
+        result = a.transcription.transcribe_file(spooled, upload.options, source="upload", owner=current_principal(),
                                                  requested_model=upload.model, metadata={"size_bytes": spooled.size})
     if upload.output == "json":
         return jsonify(result.to_dict(words=upload.options.word_timestamps))

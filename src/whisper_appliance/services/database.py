@@ -6,10 +6,11 @@ Owns:
   plus short-lived read-only connections for long streamed reads (``reader()``);
 * the schema, as an ordered list of migration steps tracked by ``PRAGMA user_version``;
 * integrity checks, consistent online backups and restoring a backup file in place;
-* the timestamp format stored in every table (UTC ISO-8601, milliseconds, ``Z``), which sorts as text.
+* the timestamp format stored in every table (UTC ISO-8601, milliseconds, ``Z``), which sorts as text;
+* ``owner_condition``: the one rule for which rows (history, jobs) a principal sees.
 
-``HistoryStore`` (history.py) and ``JobStore`` (job_store.py) are built on this class and never open
-connections of their own.
+``HistoryStore`` (history.py), ``JobStore`` (job_store.py) and ``Accounts`` (accounts.py) are built on this class
+and never open connections of their own.
 
 Durability: WAL with ``synchronous=NORMAL``. A commit has been written to the WAL file (the OS page cache) before
 the call returns, so a crash of the process (kill -9, out-of-memory) loses nothing that was committed and never
@@ -36,6 +37,7 @@ from pathlib import Path
 
 from ..core.concurrency import real_threading
 from ..core.errors import ApplianceError, InvalidInput
+from ..core.identity import OwnerFilter, Principal
 
 log = logging.getLogger(__name__)
 
@@ -159,9 +161,55 @@ MIGRATIONS: tuple[Migration, ...] = (
         -- Without it every history delete would scan jobs to apply the cascade.
         CREATE INDEX jobs_history_id ON jobs(history_id);
     """),
+    Migration("user accounts, their credentials, and owners of history entries and jobs", """
+        CREATE TABLE users (
+            id            INTEGER PRIMARY KEY AUTOINCREMENT,
+            username      TEXT NOT NULL UNIQUE COLLATE NOCASE,
+            password_hash TEXT NOT NULL,
+            role          TEXT NOT NULL CHECK (role IN ('admin', 'user')),
+            created_at    TEXT NOT NULL,
+            last_login_at TEXT,
+            disabled      INTEGER NOT NULL DEFAULT 0 CHECK (disabled IN (0, 1))
+        );
+        -- Login sessions, tokens from POST /api/auth/token and personal API tokens: only SHA-256 digests.
+        CREATE TABLE credentials (
+            id           TEXT PRIMARY KEY,
+            user_id      INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            kind         TEXT NOT NULL CHECK (kind IN ('session', 'access', 'personal')),
+            label        TEXT,
+            scope        TEXT NOT NULL CHECK (scope IN ('transcribe', 'admin')),
+            digest       TEXT NOT NULL UNIQUE,
+            created_at   TEXT NOT NULL,
+            last_used_at TEXT,
+            expires_at   TEXT
+        );
+        CREATE INDEX credentials_user ON credentials(user_id, kind);
+        -- No owner: the guests' shared history, which is where every entry written before accounts goes. No ON
+        -- DELETE action: a user's records are deleted or handed over explicitly before the user goes.
+        ALTER TABLE history ADD COLUMN owner_id INTEGER REFERENCES users(id);
+        -- An edited entry no longer says what its audio says: never a result-cache hit.
+        ALTER TABLE history ADD COLUMN edited_at TEXT;
+        CREATE INDEX history_owner ON history(owner_id, created_at);
+        ALTER TABLE jobs ADD COLUMN owner_id INTEGER REFERENCES users(id);
+        CREATE INDEX jobs_owner ON jobs(owner_id, created_at);
+    """),
 )
 
 LATEST_VERSION = len(MIGRATIONS)
+
+
+def owner_condition(viewer: Principal, owner: OwnerFilter | None = None,
+                    column: str = "owner_id") -> tuple[str | None, list[int | None]]:
+    """The SQL condition (and its parameter) that limits rows to what ``viewer`` may see.
+
+    An admin sees every row, or only ``owner``'s; anyone else sees their own rows (guests: the rows without an
+    owner). ``IS`` compares NULL like a value, so one form serves users and guests.
+    """
+    if viewer.is_admin:
+        if owner is None:
+            return None, []
+        return f"{column} IS ?", [owner.user_id]
+    return f"{column} IS ?", [viewer.user_id]
 
 
 def split_statements(script: str) -> Iterator[str]:
@@ -289,6 +337,11 @@ class Database:
             yield conn
         finally:
             conn.close()
+
+    def size_bytes(self) -> int:
+        """The database file with its write-ahead log, on disk."""
+        files = [self.path, self.path.with_name(self.path.name + "-wal")]
+        return sum(f.stat().st_size for f in files if f.exists())
 
     def close(self) -> None:
         with self._lock:

@@ -4,17 +4,23 @@ Owns the ``history`` table (schema in database.py) and everything read from or w
 
 * ``HistoryStore.add/get/update_text/delete/delete_many`` for single entries;
 * ``search`` over an FTS5 index (kept in sync by triggers) with filters, pagination and highlighted snippets;
-* ``stats`` for the admin panel, ``purge_older_than`` for retention;
+* ``stats`` for the history page, ``usage_by_owner`` for the admin's per-user figures, ``purge_older_than`` for
+  retention;
 * streamed export (JSON array or CSV, no row cap) and validated import that keeps the original timestamps;
-* ``find_cached``: the stored result for the same audio, model, engine and decoding options.
+* ``find_cached``: the stored result for the same audio, model, engine and decoding options (never an edited one).
+
+Ownership: every entry has an owner (``owner_id``; none for the guests' shared history). Every read and change
+takes the ``Principal`` asking first and sees only what ``owner_condition`` (database.py) lets it see: another
+owner's entry is "not found", exactly like a missing one, so ids do not leak. An admin sees every entry and may
+narrow any listing to one owner (``OwnerFilter``).
 
 Snippet markers: matched terms are wrapped in ``SNIPPET_START`` (U+0002) and ``SNIPPET_END`` (U+0003), control
 characters that never occur in transcripts (they are stripped from stored text) and are not HTML; the web page
 splits on them and renders the pieces as text.
 
-Import identity: an entry is a duplicate of a stored one when ``created_at`` (normalised to milliseconds),
-``text``, ``source`` and ``audio_sha256`` (null equals null) are all equal. Imported ids are not kept: each
-imported entry gets a new id.
+Import identity: an entry is a duplicate of a stored one of the same owner when ``created_at`` (normalised to
+milliseconds), ``text``, ``source`` and ``audio_sha256`` (null equals null) are all equal. Imported ids and owners
+are not kept: each imported entry gets a new id and the owner the importer chose.
 """
 
 from __future__ import annotations
@@ -33,8 +39,17 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from ..core.errors import InvalidInput, NotFound
+from ..core.identity import OwnerFilter, Principal
 from ..core.records import Segment, TranscribeOptions, Transcript
-from .database import Database, days_ago, format_timestamp, normalize_timestamp, parse_timestamp, utc_now
+from .database import (
+    Database,
+    days_ago,
+    format_timestamp,
+    normalize_timestamp,
+    owner_condition,
+    parse_timestamp,
+    utc_now,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +82,8 @@ class HistoryEntry:
     audio_sha256: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
     options_key: str | None = None
+    owner_id: int | None = None  # None: the guests' shared history
+    edited_at: str | None = None  # when its text was last corrected
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -105,16 +122,19 @@ class NewEntry:
     metadata: Mapping[str, Any] = field(default_factory=dict)
     options_key: str | None = None
     created_at: str | datetime | None = None
+    owner_id: int | None = None
+    edited_at: str | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> NewEntry:
-        """An imported item: requires ``text`` and ``created_at``; ``source`` defaults to 'upload'; ``id`` ignored."""
+        """An imported item: requires ``text`` and ``created_at``; ``source`` defaults to 'upload'; ``id`` and
+        ``owner_id`` ignored (the importer chooses the owner)."""
         if not isinstance(data, Mapping):
             raise InvalidInput("not an object")
         for name in ("text", "created_at"):
             if data.get(name) is None:
                 raise InvalidInput(f"missing required field {name!r}")
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls)} - {"owner_id"}
         values = {k: v for k, v in data.items() if k in known and v is not None}
         values.setdefault("source", "upload")
         return cls(**values)
@@ -240,6 +260,15 @@ def _row_values(new: NewEntry) -> dict[str, Any]:
             raise InvalidInput("each segment must be an object")
     if not isinstance(new.metadata, Mapping):
         raise InvalidInput("metadata must be an object")
+    owner_id = new.owner_id
+    if owner_id is not None and (isinstance(owner_id, bool) or not isinstance(owner_id, int)):
+        raise InvalidInput("owner_id must be a user id")
+    edited_at = None
+    if new.edited_at is not None:
+        try:
+            edited_at = normalize_timestamp(new.edited_at)
+        except (TypeError, ValueError):
+            raise InvalidInput(f"edited_at {new.edited_at!r} is not an ISO-8601 datetime") from None
     sha = _optional_str("audio_sha256", new.audio_sha256)
     if sha is not None:
         sha = sha.lower()
@@ -259,6 +288,8 @@ def _row_values(new: NewEntry) -> dict[str, Any]:
         "audio_sha256": sha,
         "metadata": _json_text("metadata", dict(new.metadata)),
         "options_key": _optional_str("options_key", new.options_key),
+        "owner_id": owner_id,
+        "edited_at": edited_at,
     }
 
 
@@ -268,7 +299,8 @@ def _entry(row: sqlite3.Row) -> HistoryEntry:
         text=row["text"], language=row["language"], model=row["model"], engine=row["engine"],
         duration=row["duration"], processing_seconds=row["processing_seconds"],
         segments=tuple(json.loads(row["segments"])), audio_sha256=row["audio_sha256"],
-        metadata=json.loads(row["metadata"]), options_key=row["options_key"])
+        metadata=json.loads(row["metadata"]), options_key=row["options_key"], owner_id=row["owner_id"],
+        edited_at=row["edited_at"])
 
 
 def _lower_bound(text: str) -> str:
@@ -398,67 +430,96 @@ class HistoryStore:
             return self._get(conn, new_id)
 
     def count(self) -> int:
+        """Entries of every owner."""
         with self.db.read() as conn:
             return int(conn.execute("SELECT COUNT(*) FROM history").fetchone()[0])
 
-    def get(self, entry_id: int) -> HistoryEntry:
+    def get(self, viewer: Principal, entry_id: int) -> HistoryEntry:
         with self.db.read() as conn:
-            return self._get(conn, entry_id)
+            return self._get(conn, entry_id, viewer)
 
-    def update_text(self, entry_id: int, text: str) -> HistoryEntry:
+    def update_text(self, viewer: Principal, entry_id: int, text: str) -> HistoryEntry:
         """Replace an entry's text (a correction); the search index follows through the update trigger.
 
         The segments said the old words, and subtitles are written from segments: they become one segment with
-        the corrected text over the time the old ones spanned (which words moved where is not known).
+        the corrected text over the time the old ones spanned (which words moved where is not known). The entry
+        is marked edited, so it is never served as the cached result of its audio again.
         """
         if not isinstance(text, str):
             raise InvalidInput("text must be a string")
         text = text.translate(_MARKERS)
         with self.db.write() as conn:
-            current = self._get(conn, entry_id)
+            current = self._get(conn, entry_id, viewer)
             segments: list[dict[str, Any]] = []
             if current.segments and text.strip():
                 first, last = Segment.from_dict(current.segments[0]), Segment.from_dict(current.segments[-1])
                 segments = [Segment(id=0, start=first.start, end=last.end, text=" " + text.strip()).to_dict()]
-            conn.execute("UPDATE history SET text = ?, segments = ? WHERE id = ?",
-                         (text, _json_text("segments", segments), entry_id))
+            conn.execute("UPDATE history SET text = ?, segments = ?, edited_at = ? WHERE id = ?",
+                         (text, _json_text("segments", segments), utc_now(), entry_id))
             return self._get(conn, entry_id)
 
-    def delete(self, entry_id: int) -> None:
+    def delete(self, viewer: Principal, entry_id: int) -> None:
         """Delete one entry (and, by cascade, the job whose result it was)."""
         with self.db.write() as conn:
-            _check_id(entry_id)
-            if conn.execute("DELETE FROM history WHERE id = ?", (entry_id,)).rowcount == 0:
-                raise NotFound(f"history entry {entry_id} not found")
+            self._get(conn, entry_id, viewer)
+            conn.execute("DELETE FROM history WHERE id = ?", (entry_id,))
 
-    def delete_many(self, ids: Iterable[int]) -> int:
-        """Delete the given entries in one transaction; unknown ids are ignored. Returns how many went."""
+    def delete_many(self, viewer: Principal, ids: Iterable[int]) -> int:
+        """Delete the given entries in one transaction; unknown (or unseen) ids are ignored. Returns how many."""
         ids = list(ids)
         if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
             raise InvalidInput("ids must be whole numbers")
+        condition, params = owner_condition(viewer)
+        where = f" AND {condition}" if condition else ""
         with self.db.write() as conn:
-            return conn.execute("DELETE FROM history WHERE id IN (SELECT value FROM json_each(?))",
-                                (json.dumps(ids),)).rowcount
+            return conn.execute(f"DELETE FROM history WHERE id IN (SELECT value FROM json_each(?)){where}",
+                                (json.dumps(ids), *params)).rowcount
 
     @staticmethod
-    def _get(conn: sqlite3.Connection, entry_id: int) -> HistoryEntry:
+    def _get(conn: sqlite3.Connection, entry_id: int, viewer: Principal | None = None) -> HistoryEntry:
+        """The entry, or 404 when it does not exist or ``viewer`` may not see it (the same answer)."""
         _check_id(entry_id)
         row = conn.execute(f"SELECT {_COLUMNS} FROM history AS h WHERE h.id = ?", (entry_id,)).fetchone()
-        if row is None:
+        if row is None or (viewer is not None and not viewer.sees(row["owner_id"])):
             raise NotFound(f"history entry {entry_id} not found")
         return _entry(row)
 
+    # ownership
+
+    def hand_over(self, from_owner: int, to_owner: int | None) -> int:
+        """Give every entry of one owner to another (a deleted user's, handed on); returns how many."""
+        with self.db.write() as conn:
+            return conn.execute("UPDATE history SET owner_id = ? WHERE owner_id = ?", (to_owner, from_owner)).rowcount
+
+    def delete_owned_by(self, owner: int) -> int:
+        """Delete every entry of one owner (with the jobs whose results they were); returns how many."""
+        with self.db.write() as conn:
+            return conn.execute("DELETE FROM history WHERE owner_id = ?", (owner,)).rowcount
+
+    def usage_by_owner(self) -> dict[int | None, dict[str, float]]:
+        """Per owner (None: guests): entries, audio hours and the bytes their texts, segments and metadata take."""
+        with self.db.read() as conn:
+            rows = conn.execute(
+                "SELECT owner_id, count(*), coalesce(sum(duration), 0), "
+                "coalesce(sum(length(CAST(text AS BLOB)) + length(CAST(segments AS BLOB)) "
+                "+ length(CAST(metadata AS BLOB))), 0) FROM history GROUP BY owner_id").fetchall()
+        return {r[0]: {"entries": r[1], "audio_hours": r[2] / 3600, "storage_bytes": r[3]} for r in rows}
+
     # search and statistics
 
-    def search(self, q: str | None = None, *, source: str | None = None, language: str | None = None,
-               since: str | None = None, until: str | None = None, limit: int = 50,
-               offset: int = 0) -> SearchPage:
+    def search(self, viewer: Principal, q: str | None = None, *, source: str | None = None,
+               language: str | None = None, since: str | None = None, until: str | None = None, limit: int = 50,
+               offset: int = 0, owner: OwnerFilter | None = None) -> SearchPage:
         """Entries matching the filters: by bm25 relevance with snippets when ``q`` has words, else newest first.
 
         ``since`` is inclusive; ``until`` includes a given datetime, or the whole day of a given date.
         """
         limit, offset = _page_bounds(limit, offset)
         where, params = [], []
+        condition, owner_params = owner_condition(viewer, owner, "h.owner_id")
+        if condition is not None:
+            where.append(condition)
+            params.extend(owner_params)
         if source is not None:
             if source not in SOURCES:
                 raise InvalidInput(f"source {source!r} is not one of {', '.join(SOURCES)}")
@@ -494,23 +555,28 @@ class HistoryStore:
         return SearchPage(items=tuple(SearchHit(_entry(r), r["snippet"]) for r in rows), total=total,
                           limit=limit, offset=offset)
 
-    def stats(self, days: int = 30) -> dict[str, Any]:
-        """Totals, counts by source and by model, and entries per UTC day over the last ``days`` days."""
+    def stats(self, viewer: Principal, days: int = 30, *, owner: OwnerFilter | None = None) -> dict[str, Any]:
+        """Totals, counts by source and by model, and entries per UTC day over the last ``days`` days, of the
+        entries ``viewer`` sees."""
         if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_STATS_DAYS:
             raise InvalidInput(f"days must be between 1 and {MAX_STATS_DAYS}")
         today = datetime.now(UTC).date()
         first = today - timedelta(days=days - 1)
+        condition, params = owner_condition(viewer, owner)
+        where = f"WHERE {condition}" if condition else ""
+        also = f"AND {condition}" if condition else ""
         with self.db.read() as conn:
             entries, audio, processing = conn.execute(
                 "SELECT count(*), coalesce(sum(duration), 0), coalesce(sum(processing_seconds), 0) "
-                "FROM history").fetchone()
+                f"FROM history {where}", params).fetchone()
             by_source = dict(conn.execute(
-                "SELECT source, count(*) FROM history GROUP BY source ORDER BY source").fetchall())
+                f"SELECT source, count(*) FROM history {where} GROUP BY source ORDER BY source", params).fetchall())
             by_model = dict(conn.execute(
-                "SELECT coalesce(model, 'unknown'), count(*) FROM history GROUP BY 1 ORDER BY 1").fetchall())
+                f"SELECT coalesce(model, 'unknown'), count(*) FROM history {where} GROUP BY 1 ORDER BY 1",
+                params).fetchall())
             per_day = dict(conn.execute(
-                "SELECT substr(created_at, 1, 10), count(*) FROM history WHERE created_at >= ? GROUP BY 1",
-                (first.isoformat(),)).fetchall())
+                f"SELECT substr(created_at, 1, 10), count(*) FROM history WHERE created_at >= ? {also} GROUP BY 1",
+                (first.isoformat(), *params)).fetchall())
         by_day = {(first + timedelta(days=i)).isoformat(): 0 for i in range(days)}
         by_day.update({day: n for day, n in per_day.items() if day in by_day})
         return {"entries": entries, "audio_hours": audio / 3600, "processing_hours": processing / 3600,
@@ -520,16 +586,18 @@ class HistoryStore:
 
     def find_cached(self, audio_sha256: str, model: str, engine: str,
                     options_key: str | None) -> HistoryEntry | None:
-        """The newest entry for the same audio, model, engine and decoding options, if any."""
+        """The newest unedited entry (of any owner) for the same audio, model, engine and decoding options.
+
+        The caller must not hand another owner's entry out as it is (TranscriptionService copies it)."""
         with self.db.read() as conn:
             row = conn.execute(
                 f"SELECT {_COLUMNS} FROM history AS h WHERE h.audio_sha256 = ? AND h.model = ? AND h.engine = ? "
-                "AND h.options_key IS ? ORDER BY h.id DESC LIMIT 1",
+                "AND h.options_key IS ? AND h.edited_at IS NULL ORDER BY h.id DESC LIMIT 1",
                 ((audio_sha256 or "").lower(), model, engine, options_key)).fetchone()
         return _entry(row) if row is not None else None
 
     def purge_older_than(self, days: int) -> int:
-        """Delete entries created more than ``days`` days ago; returns how many."""
+        """Delete entries (of every owner) created more than ``days`` days ago; returns how many."""
         if isinstance(days, bool) or not isinstance(days, int) or days < 1:
             raise InvalidInput("days must be 1 or more (0 would delete everything)")
         with self.db.write() as conn:
@@ -540,19 +608,22 @@ class HistoryStore:
 
     # export and import
 
-    def iter_export(self) -> Iterator[dict[str, Any]]:
-        """Every entry as a dict, oldest first, read in batches from one snapshot; writers are not blocked."""
+    def iter_export(self, viewer: Principal, *, owner: OwnerFilter | None = None) -> Iterator[dict[str, Any]]:
+        """Every entry ``viewer`` sees, as a dict, oldest first, read in batches from one snapshot; writers are
+        not blocked."""
+        condition, params = owner_condition(viewer, owner, "h.owner_id")
+        where = f"WHERE {condition}" if condition else ""
         with self.db.reader() as conn:
-            cur = conn.execute(f"SELECT {_COLUMNS} FROM history AS h ORDER BY h.id")
+            cur = conn.execute(f"SELECT {_COLUMNS} FROM history AS h {where} ORDER BY h.id", params)
             while rows := cur.fetchmany(EXPORT_BATCH):
                 for row in rows:
                     yield _entry(row).to_dict()
 
-    def export_json(self) -> Iterator[str]:
-        """A JSON array of all entries, as text chunks (``fp.writelines(store.export_json())`` for a file)."""
+    def export_json(self, viewer: Principal, *, owner: OwnerFilter | None = None) -> Iterator[str]:
+        """A JSON array of the entries, as text chunks (``fp.writelines(store.export_json(...))`` for a file)."""
         buffer = ["["]
         size, sep = 1, "\n"
-        for item in self.iter_export():
+        for item in self.iter_export(viewer, owner=owner):
             piece = sep + json.dumps(item, ensure_ascii=False)
             buffer.append(piece)
             size += len(piece)
@@ -563,12 +634,12 @@ class HistoryStore:
         buffer.append("\n]\n")
         yield "".join(buffer)
 
-    def export_csv(self) -> Iterator[str]:
+    def export_csv(self, viewer: Principal, *, owner: OwnerFilter | None = None) -> Iterator[str]:
         """CSV with one column per entry field (segments and metadata as JSON), as text chunks."""
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\r\n")
         writer.writerow(ENTRY_FIELDS)
-        for item in self.iter_export():
+        for item in self.iter_export(viewer, owner=owner):
             writer.writerow([_csv_cell(item[name]) for name in ENTRY_FIELDS])
             if out.tell() >= CHUNK_CHARS:
                 yield out.getvalue()
@@ -576,8 +647,9 @@ class HistoryStore:
                 out.truncate()
         yield out.getvalue()
 
-    def import_entries(self, items: Iterable[Mapping[str, Any]]) -> ImportResult:
-        """Store imported entries with their original timestamps, skipping duplicates (see module docstring).
+    def import_entries(self, items: Iterable[Mapping[str, Any]], *, owner_id: int | None) -> ImportResult:
+        """Store imported entries for ``owner_id`` (None: the guests) with their original timestamps, skipping
+        duplicates (see module docstring).
 
         Invalid items are reported as ``row N: why`` (1-based) and the rest are still imported.
         """
@@ -599,7 +671,7 @@ class HistoryStore:
 
         for number, item in enumerate(items, 1):
             try:
-                batch.append(_row_values(NewEntry.from_dict(item)))
+                batch.append({**_row_values(NewEntry.from_dict(item)), "owner_id": owner_id})
             except InvalidInput as exc:
                 errors.append(f"row {number}: {exc.message}")
             except TypeError as exc:
@@ -621,5 +693,6 @@ def _insert(conn: sqlite3.Connection, row: dict[str, Any]) -> int:
 def _is_duplicate(conn: sqlite3.Connection, row: dict[str, Any]) -> bool:
     # INDEXED BY: without ANALYZE statistics the planner prefers the (far less selective) source index.
     return conn.execute(
-        "SELECT 1 FROM history INDEXED BY history_created_at WHERE created_at = ? AND text = ? AND source = ? AND audio_sha256 IS ? LIMIT 1",
-        (row["created_at"], row["text"], row["source"], row["audio_sha256"])).fetchone() is not None
+        "SELECT 1 FROM history INDEXED BY history_created_at WHERE created_at = ? AND text = ? AND source = ? "
+        "AND audio_sha256 IS ? AND owner_id IS ? LIMIT 1",
+        (row["created_at"], row["text"], row["source"], row["audio_sha256"], row["owner_id"])).fetchone() is not None

@@ -10,6 +10,10 @@ Owns the job lifecycle as stored state, so that jobs survive a restart:
 Status changes only through the named methods, each a conditional UPDATE, so a runner racing a user's cancel
 gets ``Conflict`` instead of overwriting it. A completed job references its history entry with
 ``ON DELETE CASCADE``: deleting the entry deletes the job, since its result is gone.
+
+Every job has an owner (none for a guest's job). ``list`` shows a principal only what ``owner_condition``
+(database.py) lets it see; single reads are unfiltered here and checked by ``JobQueue``, which answers another
+owner's job as "not found".
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..core.errors import Conflict, InvalidInput, NotFound
-from .database import Database, utc_now
+from ..core.identity import OwnerFilter, Principal
+from .database import Database, owner_condition, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +59,7 @@ class Job:
     attempts: int = 0
     started_at: str | None = None
     finished_at: str | None = None
+    owner_id: int | None = None  # None: a guest's job
 
     @property
     def finished(self) -> bool:
@@ -118,17 +124,17 @@ class JobStore:
         self.db = db
 
     def create(self, filename: str | None, upload_path: str | None, options: Mapping[str, Any] | None = None, *,
-               duration: float | None = None, job_id: str | None = None) -> Job:
-        """A new queued job; ``job_id`` defaults to a fresh uuid4 hex."""
+               duration: float | None = None, job_id: str | None = None, owner_id: int | None = None) -> Job:
+        """A new queued job of ``owner_id`` (None: a guest); ``job_id`` defaults to a fresh uuid4 hex."""
         job_id = job_id or uuid.uuid4().hex
         now = utc_now()
         values = (job_id, now, now, "queued", _check_text("filename", filename),
                   _check_text("upload_path", upload_path), _options_json(options or {}),
-                  _check_seconds("duration", duration))
+                  _check_seconds("duration", duration), owner_id)
         with self.db.write() as conn:
             try:
                 conn.execute("INSERT INTO jobs (id, created_at, updated_at, status, filename, upload_path, options, "
-                             "duration) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", values)
+                             "duration, owner_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
             except sqlite3.IntegrityError:
                 raise Conflict(f"job {job_id} already exists") from None
             return self._get(conn, job_id)
@@ -137,25 +143,57 @@ class JobStore:
         with self.db.read() as conn:
             return self._get(conn, job_id)
 
-    def list(self, status: str | None = None, limit: int = 100, offset: int = 0) -> list[Job]:
-        """Jobs, newest first, optionally of one status."""
+    def list(self, viewer: Principal, status: str | None = None, limit: int = 100, offset: int = 0, *,
+             owner: OwnerFilter | None = None) -> list[Job]:
+        """The jobs ``viewer`` sees (see database.owner_condition), newest first, optionally of one status."""
         if status is not None and status not in STATUSES:
             raise InvalidInput(f"status {status!r} is not one of {', '.join(STATUSES)}")
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
             raise InvalidInput(f"limit must be between 1 and {MAX_PAGE}")
         if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= 2 ** 62:
             raise InvalidInput("offset must be between 0 and 2**62")
-        condition, params = ("WHERE status = ?", [status]) if status else ("", [])
+        conditions, params = (["status = ?"], [status]) if status else ([], [])
+        visible, owner_params = owner_condition(viewer, owner)
+        if visible is not None:
+            conditions.append(visible)
+            params.extend(owner_params)
+        condition = ("WHERE " + " AND ".join(conditions)) if conditions else ""
         with self.db.read() as conn:
             rows = conn.execute(f"SELECT {_COLUMNS} FROM jobs {condition} ORDER BY created_at DESC, rowid DESC "
                                 "LIMIT ? OFFSET ?", [*params, limit, offset]).fetchall()
         return [_job(r) for r in rows]
 
     def counts(self) -> dict[str, int]:
-        """Number of jobs in each status (every status present, 0 when none)."""
+        """Number of jobs in each status, of every owner (every status present, 0 when none)."""
         with self.db.read() as conn:
             rows = conn.execute("SELECT status, count(*) FROM jobs GROUP BY status").fetchall()
         return {**dict.fromkeys(STATUSES, 0), **{status: n for status, n in rows}}
+
+    def counts_by_owner(self) -> dict[int | None, dict[str, int]]:
+        """Per owner (None: guests), the number of jobs in each status."""
+        out: dict[int | None, dict[str, int]] = {}
+        with self.db.read() as conn:
+            for owner, status, n in conn.execute("SELECT owner_id, status, count(*) FROM jobs GROUP BY 1, 2"):
+                out.setdefault(owner, dict.fromkeys(STATUSES, 0))[status] = n
+        return out
+
+    def unfinished_of(self, owner: int) -> list[str]:
+        """Ids of one owner's queued and running jobs."""
+        with self.db.read() as conn:
+            rows = conn.execute("SELECT id FROM jobs WHERE owner_id = ? AND status IN ('queued', 'processing')",
+                                (owner,)).fetchall()
+        return [r[0] for r in rows]
+
+    def hand_over(self, from_owner: int, to_owner: int | None) -> int:
+        with self.db.write() as conn:
+            return conn.execute("UPDATE jobs SET owner_id = ? WHERE owner_id = ?", (to_owner, from_owner)).rowcount
+
+    def delete_owned_by(self, owner: int) -> list[Job]:
+        """Remove one owner's job records (completed ones went with their history entries); returns them so the
+        caller can remove stored uploads."""
+        with self.db.write() as conn:
+            rows = conn.execute(f"DELETE FROM jobs WHERE owner_id = ? RETURNING {_COLUMNS}", (owner,)).fetchall()
+        return [_job(r) for r in rows]
 
     def update(self, job_id: str, **changes: Any) -> Job:
         """Change descriptive fields (see ``UPDATABLE``); status moves only through the lifecycle methods."""

@@ -15,15 +15,17 @@ Events the loop emits (the Socket.IO protocol's server side):
 ``transcription_partial {session_id, text, start, end}``, ``transcription_result {session_id, text, start, end,
 words: [{word, start, end}], final: true, language}``, ``transcription_error {code, message}`` and, once,
 ``recording_stopped {session_id, text, duration, history_id}``. Committed text is saved to history (source
-``live``) when a session ends; only the server writes those entries.
+``live``, owned by the principal that opened the session) when a session ends; only the server writes those
+entries.
 
 A dropped connection does not end a session at once: it is *detached* for ``LIVE_RESUME_SECONDS`` (counted
 against LIVE_MAX_SESSIONS), the audio it had received is still decoded, and a client that sends
 ``start_recording {resume: <resume_token from recording_started>, received_until, format, ...}`` on its new
-connection goes on with the same session: ``recording_started`` says ``resumed: true`` and ``audio_seconds``
-(the client sends its audio from there), then the committed results after ``received_until`` are sent again.
-One session, one committed text, one history entry, in either format. Unresumed, the session then finishes
-its last utterance and is saved, as a stopped one is (``LIVE_RESUME_SECONDS=0``: saved at the disconnect).
+connection, as the same principal, goes on with the same session: ``recording_started`` says ``resumed: true``
+and ``audio_seconds`` (the client sends its audio from there), then the committed results after
+``received_until`` are sent again. One session, one committed text, one history entry, in either format.
+Unresumed, the session then finishes its last utterance and is saved, as a stopped one is
+(``LIVE_RESUME_SECONDS=0``: saved at the disconnect).
 
 ``transcribe_recording`` is the seed's legacy path: one chunk holding a whole recording, transcribed at once.
 Nothing here imports Flask or Socket.IO.
@@ -47,12 +49,15 @@ import numpy as np
 
 from ..core import concurrency
 from ..core.audio import StreamDecoder, decode_audio, pcm16_to_float32
+from ..core.config import Settings
 from ..core.errors import ApplianceError, AudioDecodeError, Conflict, InvalidInput, PayloadTooLarge, RateLimited
+from ..core.identity import Principal
 from ..core.options import check_language_for_model, parse_language, parse_options
 from ..core.records import SAMPLE_RATE, TASKS, Segment, TranscribeOptions, Transcript, TranscriptionInfo
 from ..core.streaming import PassRequest, StreamEvent, StreamingConfig, StreamingPolicy, run_pass
+from .dependencies import EventSink, InferenceQueue, ModelStatusSource
 from .scheduler import Priority
-from .transcription import TranscriptionResult
+from .transcription import TranscriptionResult, TranscriptionService
 
 log = logging.getLogger(__name__)
 
@@ -298,10 +303,11 @@ class LiveSession:
     """
 
     def __init__(self, owner: LiveSessions, sid: str, params: LiveParams, model: str,
-                 policy: StreamingPolicy, source: AudioSource) -> None:
+                 policy: StreamingPolicy, source: AudioSource, principal: Principal) -> None:
         self.id = uuid.uuid4().hex
         self.resume_token = secrets.token_urlsafe(24)
         self.sid = sid
+        self.principal = principal  # whose history the session is saved to
         self.params = params
         self.model = model
         self.policy = policy
@@ -601,7 +607,8 @@ def default_source(params: LiveParams) -> AudioSource:
 class LiveSessions:
     """Every open live session, keyed by connection sid, and the limits that apply to them."""
 
-    def __init__(self, settings: Any, models: Any, scheduler: Any, transcription: Any, events: Any = None, *,
+    def __init__(self, settings: Settings, models: ModelStatusSource, scheduler: InferenceQueue,
+                 transcription: TranscriptionService, events: EventSink | None = None, *,
                  policy_factory: PolicyFactory = default_policy, source_factory: SourceFactory = default_source,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
@@ -621,16 +628,16 @@ class LiveSessions:
         scheduler.reserve_lane_while(lambda: self.count() > 0)
 
     # -- registry ----------------------------------------------------------------------------------------------
-    def open(self, sid: str, params: LiveParams | dict[str, Any] | None,
+    def open(self, sid: str, params: LiveParams | dict[str, Any] | None, principal: Principal,
              emit: Emit | None = None) -> LiveSession:
-        """Start a session for connection ``sid``, or resume the one ``params.resume`` names (``session.resumed``
-        says which): 409 when ``sid`` already records, 429 beyond LIVE_MAX_SESSIONS. A resume token that is
-        unknown or expired starts a new session. ``emit`` sends to ``sid`` (a resumed session's loop is running).
-        """
+        """Start ``principal``'s session for connection ``sid``, or resume the one ``params.resume`` names (if it
+        is ``principal``'s; ``session.resumed`` says which): 409 when ``sid`` already records, 429 beyond
+        LIVE_MAX_SESSIONS. A resume token that is unknown, expired or someone else's starts a new session.
+        ``emit`` sends to ``sid`` (a resumed session's loop is running)."""
         if not isinstance(params, LiveParams):
             params = parse_live_params(params)
         if params.resume:
-            resumed = self._resume(sid, params, emit)
+            resumed = self._resume(sid, params, principal, emit)
             if resumed is not None:
                 return resumed
             log.info("live session resume refused on %s: unknown or expired token; starting a new one", sid[:8])
@@ -654,7 +661,7 @@ class LiveSessions:
             with self._lock:
                 self._active.pop(sid, None)
             raise
-        session = LiveSession(self, sid, params, status.name, policy, source)
+        session = LiveSession(self, sid, params, status.name, policy, source, principal)
         if emit is not None:
             session.attach(sid, emit)
         with self._lock:
@@ -664,23 +671,25 @@ class LiveSessions:
         self._publish_count()
         return session
 
-    def _resume(self, sid: str, params: LiveParams, emit: Emit | None) -> LiveSession | None:
-        """The session ``params.resume`` names, now receiving from ``sid``; None when there is none to resume."""
+    def _resume(self, sid: str, params: LiveParams, principal: Principal,
+                emit: Emit | None) -> LiveSession | None:
+        """The session ``params.resume`` names, now receiving from ``sid``; None when there is none to resume
+        (or it is another account's: the token alone is not enough)."""
         token = params.resume or ""
         with self._lock:
             if sid in self._active:
                 raise Conflict("a recording is already running on this connection; send stop_recording first",
                                code="already_recording")
-            session = self._detached.pop(token, None)
+            session = self._detached.get(token)
             if session is None:
                 # The old connection may be dead without the server knowing yet (it learns at the ping timeout):
                 # the token's holder takes its session over.
                 session = next((s for s in self._active.values()
                                 if s is not None and secrets.compare_digest(s.resume_token, token)), None)
-                if session is not None:
-                    del self._active[session.sid]
-            if session is None or session.stopping:
+            if session is None or session.stopping or session.principal.user_id != principal.user_id:
                 return None
+            if self._detached.pop(token, None) is None:
+                del self._active[session.sid]
             self._active[sid] = session
         try:
             source = self._source_factory(params)
@@ -789,14 +798,15 @@ class LiveSessions:
         transcript = session.transcript(text)
         result = concurrency.wait_blocking(
             self.transcription.record, transcript, None, source="live", filename=None, audio_sha256=None,
-            processing_seconds=session.compute_seconds,
+            processing_seconds=session.compute_seconds, owner_id=session.principal.user_id,
             metadata={"live": True, "format": session.params.format, "passes": session.policy.passes,
                       "session_id": session.id})
         return result.history_id
 
     # -- the legacy whole-recording path -----------------------------------------------------------------------
-    def transcribe_recording(self, chunk: Chunk) -> TranscriptionResult:
-        """One message holding a whole recording (webm, wav, ...): decode, transcribe now, save as ``live``."""
+    def transcribe_recording(self, chunk: Chunk, principal: Principal) -> TranscriptionResult:
+        """One message holding a whole recording (webm, wav, ...): decode, transcribe now, save as ``live`` in
+        ``principal``'s history."""
         options = parse_options(chunk.legacy_options, TranscribeOptions(beam_size=5))
         status = self.transcription.ready_model()
         check_language_for_model(options, status.name)
@@ -808,5 +818,5 @@ class LiveSessions:
                                              label="live:recording")
         transcript = self.scheduler.wait(ticket)
         return self.transcription.record(transcript, options, source="live", filename=None, audio_sha256=None,
-                                         processing_seconds=time.monotonic() - started,
+                                         processing_seconds=time.monotonic() - started, owner_id=principal.user_id,
                                          metadata={"live": True, "legacy": True, "size_bytes": len(chunk.data)})

@@ -30,6 +30,7 @@ from typing import Any, Generic, TypeVar
 from ..core import concurrency
 from ..core.engines.base import Engine
 from ..core.errors import ApplianceError, Cancelled, ModelUnavailable
+from .dependencies import EngineProvider
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -128,7 +129,7 @@ class QueueDepth:
 class InferenceScheduler:
     """Runs model work on ``lanes`` OS threads, in priority order, stepping long work between segments."""
 
-    def __init__(self, model_manager: Any, *, lanes: int = 1, acquire_timeout: float = 600.0) -> None:
+    def __init__(self, model_manager: EngineProvider, *, lanes: int = 1, acquire_timeout: float = 600.0) -> None:
         self._models = model_manager
         self._lanes = max(1, lanes)
         self._acquire_timeout = acquire_timeout
@@ -140,9 +141,8 @@ class InferenceScheduler:
         self._stopped = False
         self._threads: list[Any] = []
         self._busy = 0.0
-        if hasattr(model_manager, "add_listener"):
-            # A model that takes more calls at once has just loaded: idle lanes may take work now.
-            model_manager.add_listener(lambda status: self.wake())
+        # A model that takes more calls at once has just loaded: idle lanes may take work now.
+        model_manager.add_listener(lambda status: self.wake())
 
     @property
     def lanes(self) -> int:
@@ -242,7 +242,7 @@ class InferenceScheduler:
 
     def _pick(self) -> Ticket[Any] | None:
         """The ticket a free lane should run now (called under the lock), or None."""
-        capacity = min(self._lanes, getattr(self._models, "parallel_calls", 1))
+        capacity = min(self._lanes, self._models.parallel_calls)
         if not self._queue or len(self._running) >= capacity:
             return None
         ticket = min(self._queue, key=self._order_key)

@@ -23,13 +23,18 @@ import numpy as np
 
 from ..core import concurrency
 from ..core.audio import decode_audio
+from ..core.config import Settings
 from ..core.engines.base import Engine, ProgressCallback
 from ..core.errors import Conflict, EmptyAudio, ModelUnavailable, PayloadTooLarge
+from ..core.identity import Principal
 from ..core.options import check_language_for_model
 from ..core.records import LanguageDetection, Segment, TranscribeOptions, Transcript
 from .database import utc_now
-from .history import make_options_key
-from .scheduler import InferenceScheduler, Priority
+from .dependencies import InferenceQueue, ModelStatusSource
+from .history import HistoryStore, make_options_key
+from .metrics import Metrics
+from .model_manager import ModelStatus
+from .scheduler import Priority
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +101,8 @@ def spool_upload(stream: IO[bytes], directory: Path, filename: str, max_size: in
 
 
 class TranscriptionService:
-    def __init__(self, settings: Any, models: Any, scheduler: InferenceScheduler, history: Any | None = None,
-                 metrics: Any | None = None) -> None:
+    def __init__(self, settings: Settings, models: ModelStatusSource, scheduler: InferenceQueue,
+                 history: HistoryStore | None = None, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.models = models
         self.scheduler = scheduler
@@ -119,7 +124,7 @@ class TranscriptionService:
         return concurrency.wait_blocking(decode_audio, path, tmp_dir=str(self.tmp_dir))
 
     # -- model checks ------------------------------------------------------------------------------------------
-    def ready_model(self) -> Any:
+    def ready_model(self) -> ModelStatus:
         """Status of the loaded model, or 503 with Retry-After when none can serve."""
         status = self.models.status()
         if status.state == "ready":
@@ -129,7 +134,7 @@ class TranscriptionService:
         reason = status.error or "no model is loaded"
         raise ModelUnavailable(f"no model is ready: {reason}", retry_after=30)
 
-    def check_requested_model(self, requested: str | None, *, allow_openai_alias: bool = False) -> Any:
+    def check_requested_model(self, requested: str | None, *, allow_openai_alias: bool = False) -> ModelStatus:
         """The card keeps one model in memory: asking for another one is a 409 naming the loaded model."""
         status = self.ready_model()
         if requested and requested != status.name and not (allow_openai_alias and requested == OPENAI_MODEL_ALIAS):
@@ -157,24 +162,37 @@ class TranscriptionService:
 
         return run
 
-    def cached(self, sha256: str, options: TranscribeOptions) -> TranscriptionResult | None:
+    def cached(self, sha256: str, options: TranscribeOptions, owner: Principal, *, source: str,
+               filename: str | None, metadata: dict[str, Any] | None = None) -> TranscriptionResult | None:
+        """The stored result for identical audio, model and options (never an edited one), as an entry of
+        ``owner``'s: their own when they have one, else a new entry with the transcription copied into it, so no
+        other owner's entry id, edit or metadata is ever handed out."""
         if not (self.settings.result_cache and self.history is not None and sha256):
             return None
         status = self.models.status()
-        entry = self.history.find_cached(sha256, status.name, status.engine, make_options_key(options))
+        entry = self.history.find_cached(sha256, status.name or "", status.engine, make_options_key(options))
         if entry is None:
             return None
-        return TranscriptionResult(transcript=entry.transcript(), model=entry.model, engine=entry.engine,
+        if entry.owner_id != owner.user_id:
+            entry = self.history.add(
+                source=source, filename=filename, text=entry.text, language=entry.language, model=entry.model,
+                engine=entry.engine, duration=entry.duration, processing_seconds=0.0, segments=entry.segments,
+                audio_sha256=entry.audio_sha256, options_key=entry.options_key, owner_id=owner.user_id,
+                metadata={"language_probability": entry.metadata.get("language_probability", 0.0), "cached": True,
+                          **(metadata or {})})
+            log.info("%s transcription: cached result copied into history entry %d", source, entry.id)
+        return TranscriptionResult(transcript=entry.transcript(), model=entry.model or "", engine=entry.engine or "",
                                    processing_seconds=0.0, timestamp=entry.created_at, history_id=entry.id,
                                    cached=True, audio_sha256=sha256)
 
-    def transcribe_file(self, spooled: SpooledAudio, options: TranscribeOptions, *, source: str,
+    def transcribe_file(self, spooled: SpooledAudio, options: TranscribeOptions, *, source: str, owner: Principal,
                         requested_model: str | None = None, allow_openai_alias: bool = False,
                         metadata: dict[str, Any] | None = None) -> TranscriptionResult:
-        """Synchronous transcription of an uploaded file (interactive priority)."""
+        """Synchronous transcription of an uploaded file (interactive priority), recorded in ``owner``'s history."""
         status = self.check_requested_model(requested_model, allow_openai_alias=allow_openai_alias)
-        check_language_for_model(options, status.name)
-        hit = self.cached(spooled.sha256, options)
+        check_language_for_model(options, status.name or "")
+        hit = concurrency.wait_blocking(self.cached, spooled.sha256, options, owner, source=source,
+                                        filename=spooled.filename, metadata=metadata)
         if hit is not None:
             return hit
         audio = self.decode(spooled.path)
@@ -184,12 +202,13 @@ class TranscriptionService:
         transcript = self.scheduler.wait(ticket)
         elapsed = time.monotonic() - started
         return self.record(transcript, options, source=source, filename=spooled.filename,
-                           audio_sha256=spooled.sha256, processing_seconds=elapsed, metadata=metadata)
+                           audio_sha256=spooled.sha256, processing_seconds=elapsed, metadata=metadata,
+                           owner_id=owner.user_id)
 
     def record(self, transcript: Transcript, options: TranscribeOptions | None, *, source: str,
-               filename: str | None, audio_sha256: str | None, processing_seconds: float,
+               filename: str | None, audio_sha256: str | None, processing_seconds: float, owner_id: int | None,
                metadata: dict[str, Any] | None = None) -> TranscriptionResult:
-        """Write the history entry and metrics for a finished transcription."""
+        """Write the history entry (of ``owner_id``; None: the guests') and metrics for a finished transcription."""
         status = self.models.status()
         timestamp = utc_now()
         history_id = None
@@ -201,7 +220,8 @@ class TranscriptionService:
                 model=status.name, engine=status.engine, duration=transcript.duration,
                 processing_seconds=processing_seconds, segments=[s.to_dict(decoding=True) for s in transcript.segments],
                 audio_sha256=audio_sha256, metadata=metadata,
-                options_key=make_options_key(options) if options is not None else None, created_at=timestamp)
+                options_key=make_options_key(options) if options is not None else None, created_at=timestamp,
+                owner_id=owner_id)
             history_id = entry.id
         if self.metrics is not None:
             self.metrics.observe_transcription(source, transcript.duration, processing_seconds)

@@ -1,11 +1,11 @@
-/* The admin page: login (POST /api/admin/login -> csrf_token, kept in memory and sessionStorage and sent as
- * X-CSRF-Token on changes), models (GET /api/models, POST /api/models/load, live progress from the Socket.IO
- * model_status event), API tokens, settings, backup download and restore upload, logout. */
+/* The admin page (admin accounts only; /login first): users (GET /api/admin/stats for the table with each
+ * user's figures, POST /api/admin/users, PATCH/DELETE /api/admin/users/<id>), models (GET /api/models,
+ * POST /api/models/load, live progress from the Socket.IO model_status event), settings, backup download and
+ * restore upload. Changes carry the login's CSRF token (WA.api). */
 "use strict";
 
 (function () {
   const {el, $} = WA;
-  const CSRF_KEY = "wa_csrf";
   let socket = null;
 
   function setStatus(id, text, kind) {
@@ -14,58 +14,9 @@
     node.className = "status-line" + (kind ? " " + kind : "");
   }
 
-  function showPanel(loggedIn) {
-    $("login-card").hidden = loggedIn;
-    $("admin-panel").hidden = !loggedIn;
-  }
-
-  // -- session --------------------------------------------------------------------------------------------------
-  async function restoreSession() {
-    const admin = await WA.loadSession();
-    if (admin) {
-      sessionStorage.setItem(CSRF_KEY, WA.csrfToken || "");
-      enterPanel();
-    } else {
-      sessionStorage.removeItem(CSRF_KEY);
-      showPanel(false);
-      $("login-password").focus();
-    }
-  }
-
-  $("login-form").addEventListener("submit", async (event) => {
-    event.preventDefault();
-    const password = $("login-password").value;
-    setStatus("login-status", "Logging in…");
-    try {
-      const body = await WA.api("/api/admin/login", {method: "POST", json: {password}});
-      WA.setSession(true, body.csrf_token);
-      sessionStorage.setItem(CSRF_KEY, body.csrf_token);
-      $("login-password").value = "";
-      setStatus("login-status", "");
-      enterPanel();
-    } catch (err) {
-      setStatus("login-status", err.status === 401 ? "Wrong password." : "Login failed: " + err.message, "error");
-    }
-  });
-
-  $("logout").addEventListener("click", async () => {
-    try {
-      await WA.api("/api/admin/logout", {method: "POST"});
-    } catch (err) {
-      console.warn("logout request failed", err);
-    }
-    WA.setSession(false, null);
-    sessionStorage.removeItem(CSRF_KEY);
-    if (socket) socket.disconnect();
-    socket = null;
-    showPanel(false);
-    setStatus("login-status", "Logged out.");
-  });
-
   function enterPanel() {
-    showPanel(true);
+    loadUsers();
     loadModels();
-    loadTokens();
     loadSettings();
     if (!socket) {
       socket = WA.connectSocket();
@@ -75,6 +26,118 @@
       });
     }
   }
+
+  // -- users ----------------------------------------------------------------------------------------------------
+  let users = [];
+
+  function jobSummary(jobs) {
+    const parts = Object.entries(jobs || {}).filter(([, n]) => n).map(([status, n]) => n + " " + status);
+    return parts.join(", ") || "–";
+  }
+
+  async function changeUser(user, change, done) {
+    try {
+      await WA.api("/api/admin/users/" + user.id, {method: "PATCH", json: change});
+      setStatus("users-status", done);
+      loadUsers();
+    } catch (err) {
+      setStatus("users-status", "Could not change " + user.username + ": " + err.message, "error");
+    }
+  }
+
+  async function deleteUser(user, choice) {
+    const query = choice === "delete" ? "data=delete" : "transfer_to=" + encodeURIComponent(choice);
+    try {
+      const body = await WA.api("/api/admin/users/" + user.id + "?" + query, {method: "DELETE"});
+      setStatus("users-status", user.username + " deleted (" + body.entries + " history entries " +
+        (body.transferred_to ? "handed over" : "deleted") + ").");
+      loadUsers();
+    } catch (err) {
+      setStatus("users-status", "Could not delete " + user.username + ": " + err.message, "error");
+    }
+  }
+
+  function passwordForm(user) {
+    const input = el("input", {type: "password", placeholder: "new password", minlength: "10",
+                               autocomplete: "new-password", "aria-label": "New password for " + user.username});
+    const save = el("button", {type: "submit", className: "btn btn-small btn-primary"}, "Set");
+    const form = el("form", {className: "toolbar"}, input, save);
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      changeUser(user, {password: input.value}, "Password of " + user.username + " reset; their sessions ended.");
+    });
+    return form;
+  }
+
+  function deleteForm(user) {
+    const choice = el("select", {"aria-label": "What happens to " + user.username + "'s history"},
+      el("option", {value: "delete"}, "delete their history and jobs"),
+      ...users.filter((u) => u.id !== user.id).map((u) => el("option", {value: String(u.id)}, "hand them to " + u.username)));
+    const confirm = el("button", {type: "submit", className: "btn btn-small btn-danger"}, "Delete " + user.username);
+    const form = el("form", {className: "toolbar"}, choice, confirm);
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      deleteUser(user, choice.value);
+    });
+    return form;
+  }
+
+  function userRow(user) {
+    const me = WA.me || {};
+    const actions = el("td", {className: "right"});
+    const extra = el("div", {});
+    const button = (label, onClick, kind) => {
+      const b = el("button", {type: "button", className: "btn btn-small" + (kind ? " " + kind : "")}, label);
+      b.addEventListener("click", onClick);
+      actions.append(b);
+    };
+    if (user.id !== me.id) {
+      button(user.role === "admin" ? "Make user" : "Make admin", () => changeUser(user,
+        {role: user.role === "admin" ? "user" : "admin"}, user.username + " is now " +
+        (user.role === "admin" ? "a user" : "an admin") + "."));
+      button(user.disabled ? "Enable" : "Disable", () => changeUser(user, {disabled: !user.disabled},
+        user.username + (user.disabled ? " enabled." : " disabled; their sessions ended.")));
+    }
+    button("Reset password", () => extra.replaceChildren(passwordForm(user)));
+    if (user.id !== me.id) button("Delete…", () => extra.replaceChildren(deleteForm(user)), "btn-danger");
+    actions.append(extra);
+    return el("tr", {"data-testid": "user-row", dataset: {username: user.username}},
+      el("td", {}, user.username), el("td", {}, user.role),
+      el("td", {}, el("span", {className: "pill pill-" + (user.disabled ? "disabled" : "active")},
+                      user.disabled ? "disabled" : "active")),
+      el("td", {}, WA.formatDate(user.last_login_at)), el("td", {}, String(user.entries)),
+      el("td", {}, (user.audio_hours || 0).toFixed(2)), el("td", {}, WA.formatBytes(user.storage_bytes)),
+      el("td", {}, jobSummary(user.jobs)), actions);
+  }
+
+  async function loadUsers() {
+    try {
+      const stats = await WA.api("/api/admin/stats");
+      users = stats.users;
+      $("users-body").replaceChildren(...users.map(userRow));
+      const guest = stats.guest;
+      $("guest-usage").textContent = "Guest history (anonymous use): " + guest.entries + " entries, " +
+        (guest.audio_hours || 0).toFixed(2) + " h of audio, " + WA.formatBytes(guest.storage_bytes) +
+        ". Database: " + WA.formatBytes(stats.totals.database_bytes) + ".";
+    } catch (err) {
+      setStatus("users-status", "Could not list the users: " + err.message, "error");
+    }
+  }
+
+  $("user-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const json = {username: $("user-name").value.trim(), password: $("user-password").value,
+                  role: $("user-role").value};
+    try {
+      const user = await WA.api("/api/admin/users", {method: "POST", json});
+      $("user-name").value = "";
+      $("user-password").value = "";
+      setStatus("users-status", "User " + user.username + " created.");
+      loadUsers();
+    } catch (err) {
+      setStatus("users-status", "Could not create the user: " + err.message, "error");
+    }
+  });
 
   // -- models ---------------------------------------------------------------------------------------------------
   function showCurrent(status) {
@@ -135,53 +198,6 @@
     }
   }
 
-  // -- tokens ---------------------------------------------------------------------------------------------------
-  async function loadTokens() {
-    try {
-      const body = await WA.api("/api/admin/tokens");
-      const rows = body.tokens.map((token) => {
-        const cell = el("td", {className: "right"});
-        if (token.configured) {
-          cell.append(el("span", {className: "muted"}, "from API_KEYS"));
-        } else {
-          const revoke = el("button", {type: "button", className: "btn btn-small btn-danger"}, "Revoke");
-          revoke.addEventListener("click", () => revokeToken(token));
-          cell.append(revoke);
-        }
-        return el("tr", {}, el("td", {}, token.label), el("td", {}, WA.formatDate(token.created_at)),
-                  el("td", {}, WA.formatDate(token.last_used_at)), cell);
-      });
-      $("tokens-body").replaceChildren(...rows);
-    } catch (err) {
-      setStatus("admin-status", "Could not list tokens: " + err.message, "error");
-    }
-  }
-
-  async function revokeToken(token) {
-    if (!window.confirm("Revoke the token “" + token.label + "”? Clients using it stop working.")) return;
-    try {
-      await WA.api("/api/admin/tokens/" + encodeURIComponent(token.id), {method: "DELETE"});
-      loadTokens();
-    } catch (err) {
-      setStatus("admin-status", "Could not revoke: " + err.message, "error");
-    }
-  }
-
-  $("token-form").addEventListener("submit", async (event) => {
-    event.preventDefault();
-    const label = $("token-label").value.trim();
-    if (!label) return;
-    try {
-      const body = await WA.api("/api/admin/tokens", {method: "POST", json: {label}});
-      $("token-new-value").textContent = body.token;
-      $("token-new").hidden = false;
-      $("token-label").value = "";
-      loadTokens();
-    } catch (err) {
-      setStatus("admin-status", "Could not create the token: " + err.message, "error");
-    }
-  });
-
   // -- settings -------------------------------------------------------------------------------------------------
   async function loadSettings() {
     try {
@@ -217,5 +233,5 @@
     }
   });
 
-  restoreSession();
+  WA.loadSession().then(enterPanel);
 })();

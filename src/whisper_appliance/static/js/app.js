@@ -217,5 +217,5 @@
     }
   });
 
-  WA.loadSession(); // a logged-in admin's cookie makes uploads need the CSRF token
+  WA.loadSession(); // a login's cookie makes uploads need the CSRF token
 })();

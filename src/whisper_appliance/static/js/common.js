@@ -1,6 +1,7 @@
 /* Shared browser helpers for every page: DOM building (text only, never HTML), the JSON API client with the
- * admin CSRF token and the optional API token, transcript writers (txt/srt/vtt) for client-side downloads,
- * and the model-status badge / degraded banner fed by GET /health.
+ * login's CSRF token and the optional API token, who is logged in (GET /api/auth/me) and the top bar's log-out
+ * button, transcript writers (txt/srt/vtt) for client-side downloads, and the model-status badge / degraded
+ * banner fed by GET /health.
  *
  * Everything the server sends is data: it reaches the page through textContent and createElement only. */
 "use strict";
@@ -8,7 +9,7 @@
 window.WA = (function () {
   const TOKEN_KEY = "wa_api_token";
   let csrfToken = null;
-  let isAdmin = false;
+  let me = null; // {id, username, role, scopes, authenticated}; null until loaded or when not logged in
 
   // -- DOM ----------------------------------------------------------------------------------------------------
   /** el("a", {href: "/x", className: "btn", dataset: {id: 3}}, "text", otherNode): children become text nodes. */
@@ -60,7 +61,7 @@ window.WA = (function () {
     const headers = {};
     const token = apiToken();
     if (token) headers["Authorization"] = "Bearer " + token;
-    // A logged-in admin's cookie also rides along on uploads and edits; the server then wants the CSRF token.
+    // A login's cookie rides along on uploads and edits; the server then wants the CSRF token.
     if (csrfToken && method !== "GET" && method !== "HEAD") headers["X-CSRF-Token"] = csrfToken;
     return headers;
   }
@@ -102,23 +103,38 @@ window.WA = (function () {
     return type.includes("json") ? resp.json() : resp.text();
   }
 
-  /** Ask the server whether this browser holds an admin session; remember its CSRF token. */
+  /** Ask the server who this browser is (a login, or the guest); remember the login's CSRF token. */
   async function loadSession() {
     try {
-      const info = await api("/api/admin/session");
-      isAdmin = Boolean(info.admin);
-      csrfToken = info.csrf_token || null;
+      me = await api("/api/auth/me");
+      csrfToken = me.csrf_token || null;
     } catch (err) {
-      console.warn("could not read the admin session", err);
-      isAdmin = false;
+      if (err.status !== 401) console.warn("could not read the session", err);
+      me = null;
       csrfToken = null;
     }
-    return isAdmin;
+    return me;
   }
 
-  function setSession(admin, csrf) {
-    isAdmin = admin;
+  function setSession(info, csrf) {
+    me = info;
     csrfToken = csrf || null;
+  }
+
+  /** Only a path on this server: a login never sends a browser somewhere else. */
+  function safeNext(value) {
+    return typeof value === "string" && value.startsWith("/") && !value.startsWith("//") &&
+      !value.startsWith("/\\") ? value : "/";
+  }
+
+  async function logout() {
+    try {
+      await api("/api/auth/logout", {method: "POST"});
+    } catch (err) {
+      console.warn("logout request failed", err);
+    }
+    setSession(null, null);
+    window.location.assign("/login");
   }
 
   // -- transcript writers ---------------------------------------------------------------------------------------
@@ -258,12 +274,18 @@ window.WA = (function () {
     setInterval(refreshHealth, intervalMs || 5000);
   }
 
-  document.addEventListener("DOMContentLoaded", () => startHealthPolling(5000));
+  document.addEventListener("DOMContentLoaded", () => {
+    startHealthPolling(5000);
+    const button = $("logout-button");
+    if (button) button.addEventListener("click", logout);
+  });
 
   return {
-    el, $, api, ApiError, apiToken, setApiToken, loadSession, setSession,
+    el, $, api, ApiError, apiToken, setApiToken, loadSession, setSession, safeNext, logout,
     get csrfToken() { return csrfToken; },
-    get isAdmin() { return isAdmin; },
+    get me() { return me; },
+    get loggedIn() { return Boolean(me && me.authenticated); },
+    get isAdmin() { return Boolean(me && me.role === "admin" && (me.scopes || []).includes("admin")); },
     timestamp, renderTranscript, joinText, download, copyText,
     formatBytes, formatDuration, formatDate, refreshHealth, onHealth, connectSocket,
   };

@@ -1,5 +1,7 @@
 /* The history page: search (GET /api/history), filters, pagination, stats (GET /api/history/stats), inline
- * edit (PATCH), delete (admin), per-entry export links and export of everything.
+ * edit (PATCH), delete (logged-in accounts), per-entry export links and export of everything. The server shows
+ * each caller only their own entries (the guests' shared ones without a login); an admin sees all of them and
+ * may filter by user.
  *
  * Search snippets mark matches with U+0002 (start) and U+0003 (end); they become <mark> elements holding text
  * nodes. Transcripts and filenames are data: they only ever reach the page as text. */
@@ -55,7 +57,21 @@
     const until = $("history-until").value;
     if (since) params.set("since", since);
     if (until) params.set("until", until); // the server includes the whole day of a date
+    const user = $("history-user").value;
+    if (user) params.set("user", user);
     return params;
+  }
+
+  /** An admin sees everyone's entries and may narrow them to one user (or the guests'). */
+  async function offerUserFilter() {
+    if (!WA.isAdmin) return;
+    try {
+      const body = await WA.api("/api/admin/users");
+      $("history-user").append(...body.users.map((u) => el("option", {value: u.username}, u.username)));
+      $("history-user").hidden = false;
+    } catch (err) {
+      console.warn("could not list the users", err);
+    }
   }
 
   function entryMeta(entry) {
@@ -124,7 +140,7 @@
     const edit = el("button", {type: "button", className: "btn btn-small"}, "Edit");
     edit.addEventListener("click", () => startEdit(item, entry));
     actions.append(edit);
-    if (WA.isAdmin) {
+    if (WA.loggedIn) { // an account deletes its own entries (guests share theirs, so they cannot)
       const del = el("button", {type: "button", className: "btn btn-small btn-danger"}, "Delete");
       del.addEventListener("click", () => remove(item, entry));
       actions.append(del);
@@ -156,7 +172,8 @@
   async function loadStats() {
     const box = $("history-stats");
     try {
-      const stats = await WA.api("/api/history/stats");
+      const user = $("history-user").value;
+      const stats = await WA.api("/api/history/stats" + (user ? "?user=" + encodeURIComponent(user) : ""));
       const sources = Object.entries(stats.by_source || {}).map(([name, n]) => name + " " + n).join(", ");
       const cell = (label, value) => el("div", {className: "stat"}, el("span", {className: "stat-value"}, value),
                                          el("span", {className: "stat-label"}, label));
@@ -175,7 +192,8 @@
     offset = 0;
     search();
   });
-  for (const id of ["history-source", "history-language", "history-since", "history-until"]) {
+  $("history-user").addEventListener("change", loadStats);
+  for (const id of ["history-source", "history-language", "history-since", "history-until", "history-user"]) {
     $(id).addEventListener("change", () => {
       offset = 0;
       search();
@@ -191,6 +209,7 @@
   });
 
   WA.loadSession().then(() => {
+    offerUserFilter();
     search();
     loadStats();
   });
