@@ -311,14 +311,15 @@ def _pass_record(request, result, events) -> dict:
                        for e in events]}
 
 
-def score_stream(stream: Stream, language: str | None, fmt: str, record: Path | None = None) -> StreamScore:
+def score_stream(stream: Stream, language: str | None, fmt: str, record: Path | None = None,
+                 modelled: bool = False) -> StreamScore:
     """Offline and live transcripts of one stream, scored (runs in a worker process with its own engine).
 
     ``record``: a folder to write the stream's passes and VAD probabilities to (``NAME.json``), for reading a
     failure and for turning it into a unit test of the policy.
     """
     from whisper_appliance.core.engines import transcribe_all
-    from whisper_appliance.core.streaming import StreamingConfig, simulate
+    from whisper_appliance.core.streaming import StreamingConfig, modelled_pass_seconds, simulate
     from whisper_appliance.core.vad import SileroVoiceActivityDetector
 
     assert _engine is not None
@@ -327,7 +328,8 @@ def score_stream(stream: Stream, language: str | None, fmt: str, record: Path | 
     offline = transcribe_all(_engine, audio, TranscribeOptions(beam_size=5, language=lang)).text
     passes: list[dict] = []
     result = simulate(_engine, audio, realtime=False, config=StreamingConfig(language=lang),
-                      on_pass=(lambda *a: passes.append(_pass_record(*a))) if record else None)
+                      on_pass=(lambda *a: passes.append(_pass_record(*a))) if record else None,
+                      pass_clock=modelled_pass_seconds if modelled else None)
     if record:
         probs = SileroVoiceActivityDetector().push(audio)
         record.mkdir(parents=True, exist_ok=True)
@@ -438,6 +440,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--format", choices=("pcm16", "webm"), default="pcm16")
     parser.add_argument("--no-variants", action="store_true", help="skip the adversarial streams")
     parser.add_argument("--variants-only", action="store_true")
+    parser.add_argument("--clock", choices=("measured", "modelled"), default="measured",
+                        help="pass times as measured (the default; latencies are this machine's), or as "
+                             "modelled_pass_seconds says (the same schedule on a busy machine: for comparing "
+                             "policy changes)")
     parser.add_argument("--jobs", type=int, default=1, help="streams scored at once (one engine each)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per engine (a live pass gets 1)")
     parser.add_argument("--json", type=Path, help="write every transcript and score here")
@@ -463,7 +469,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("no audio files found", file=sys.stderr)
         return 1
     print(f"eval-live: {len(streams)} streams, {sum(s.duration for s in streams) / 60:.1f} min, model {args.model}, "
-          f"language {args.language}, format {args.format}, {args.jobs} job(s) x {args.threads} thread(s), "
+          f"language {args.language}, format {args.format}, {args.clock} pass times, "
+          f"{args.jobs} job(s) x {args.threads} thread(s), "
           f"load average {os.getloadavg()[0]:.2f}", flush=True)
     started = time.perf_counter()
     init = (args.model, args.threads, args.log_level.upper())
@@ -471,7 +478,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     order = sorted(range(len(streams)), key=lambda i: -streams[i].duration)
     scores: list[StreamScore | None] = [None] * len(streams)
     with ProcessPoolExecutor(max_workers=max(1, args.jobs), initializer=_init_worker, initargs=init) as pool:
-        futures = {pool.submit(score_stream, streams[i], language, args.format, args.record): i for i in order}
+        futures = {pool.submit(score_stream, streams[i], language, args.format, args.record,
+                               args.clock == "modelled"): i for i in order}
         for done, future in enumerate(futures, start=1):
             i = futures[future]
             scores[i] = future.result()

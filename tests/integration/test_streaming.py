@@ -16,9 +16,10 @@ import pytest
 from whisper_appliance.core.audio import decode_audio
 from whisper_appliance.core.config import Settings
 from whisper_appliance.core.engines import create_engine, transcribe_all
+from whisper_appliance.core.errors import InvalidInput
 from whisper_appliance.core.model_store import ModelStore
 from whisper_appliance.core.records import SAMPLE_RATE, TranscribeOptions
-from whisper_appliance.core.streaming import SimulationResult, StreamingConfig, simulate
+from whisper_appliance.core.streaming import SimulationResult, StreamingConfig, modelled_pass_seconds, simulate
 from whisper_appliance.core.wer import word_error_rate, word_errors
 
 from ..conftest import MODELS_DIR, reference_text
@@ -170,3 +171,16 @@ def test_read_speech_with_pauses_commits_no_hallucination(engine, speech_dir, ga
     assert against_offline.insertion_runs == () and against_reference.insertion_runs == ()
     assert against_reference.rate <= word_error_rate(stream.reference, offline) + WER_MARGIN
     check_protocol(result)
+
+
+def test_a_modelled_pass_clock_gives_the_same_schedule_every_time(engine, speech_dir):
+    """eval-live --clock modelled: what a pass counts comes from modelled_pass_seconds, not from how busy the CPU
+    is, so two runs make the same passes and the same events at the same virtual times."""
+    audio = decode_audio(speech_dir / "jfk.mp3")
+    runs = [simulate(engine, audio, realtime=False, config=StreamingConfig(language="en"),
+                     pass_clock=modelled_pass_seconds) for _ in range(2)]
+    assert [(te.at, te.event.kind, te.event.text) for te in runs[0].events] == \
+        [(te.at, te.event.kind, te.event.text) for te in runs[1].events]
+    assert runs[0].passes == runs[1].passes and runs[0].text == runs[1].text
+    with pytest.raises(InvalidInput):
+        simulate(engine, audio, realtime=True, pass_clock=modelled_pass_seconds)

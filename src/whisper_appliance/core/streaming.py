@@ -819,18 +819,34 @@ class SimulationResult:
 
 
 PassObserver = Callable[[PassRequest, PassResult, list[StreamEvent]], None]
+PassClock = Callable[[PassRequest, TranscribeOptions, PassResult], float]
+
+
+def modelled_pass_seconds(request: PassRequest, options: TranscribeOptions, result: PassResult) -> float:
+    """What a pass costs on the reference machine (tiny.en int8, one thread of this project's 2-core box; fitted
+    to measurements there, within about 20 %): a fixed part, the encoder over the fitted window (at least 10 s,
+    growing faster than linearly), and the decoder and word alignment per word. For ``simulate(pass_clock=...)``:
+    the same schedule whatever else the machine runs, so policy changes can be compared on a shared CPU."""
+    window = max(10.0, float(np.ceil(request.audio.size / SAMPLE_RATE + 1.0))) if options.fit_window else 30.0
+    words = sum(len(s.words) or len(s.text.split()) for s in result.segments)
+    per_word = 0.02 if options.beam_size <= 1 else 0.025
+    seconds = 0.15 + 0.013 * window * (1 + window / 30) + per_word * words
+    return seconds * (2.0 if options.temperature is None else 1.0)  # a fallback decodes at least twice
 
 
 def simulate(engine: Engine, audio: np.ndarray, *, chunk_s: float = 0.25, realtime: bool = True,
              config: StreamingConfig | None = None, vad: VoiceActivityDetector | None = None,
-             on_pass: PassObserver | None = None) -> SimulationResult:
+             on_pass: PassObserver | None = None, pass_clock: PassClock | None = None) -> SimulationResult:
     """Stream ``audio`` (16 kHz mono float32) through a fresh policy and ``engine`` as a live client would.
 
     Chunks become available at real-time pace; a pass blocks the loop, and the audio that arrived meanwhile is
     pushed after it, as in a live session. ``realtime=False`` keeps the same schedule on a virtual clock (idle
-    waits skipped, pass times still counted), so results match a real-time run but finish sooner. ``on_pass`` sees
-    every pass with its result and the events it caused (the evaluation records them).
+    waits skipped, pass times still counted), so results match a real-time run but finish sooner; with
+    ``pass_clock`` (``modelled_pass_seconds``) a pass counts what that says instead of what it took. ``on_pass``
+    sees every pass with its result and the events it caused (the evaluation records them).
     """
+    if pass_clock is not None and realtime:
+        raise InvalidInput("a modelled pass clock needs realtime=False")
     audio = np.asarray(audio, dtype=np.float32).ravel()
     policy = StreamingPolicy(config, vad)
     chunk = max(1, int(round(chunk_s * SAMPLE_RATE)))
@@ -854,14 +870,16 @@ def simulate(engine: Engine, audio: np.ndarray, *, chunk_s: float = 0.25, realti
     def run(request: PassRequest) -> None:
         nonlocal compute, virtual, max_lag
         nonlocal fed
-        result = run_pass(engine, request, policy.options_for(request))
+        options = policy.options_for(request)
+        result = run_pass(engine, request, options)
         compute += result.elapsed
-        virtual += result.elapsed
+        took = result.elapsed if pass_clock is None else pass_clock(request, options, result)
+        virtual += took
         # A live session keeps receiving audio while a pass runs: push it before the pass is applied.
         if not finishing:
             fed = feed(fed)
         at = clock()
-        caused = policy.apply(request, result, result.elapsed)
+        caused = policy.apply(request, result, took)
         if on_pass is not None:
             on_pass(request, result, caused)
         events.extend(TimedEvent(at, e, request.end) for e in caused)
