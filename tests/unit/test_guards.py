@@ -16,6 +16,7 @@ from whisper_appliance.core.guards import (
     find_repetition_loop,
     in_speech,
     is_hallucination,
+    remainder_tail,
     repeated_phrase,
     signals_fail,
     speech_words,
@@ -85,6 +86,20 @@ def test_compression_ratio_is_the_segment_texts_own():
     (0.9, -1.5, "no_speech"), (0.9, -0.5, None), (0.1, -1.1, "logprob"), (0.5, -0.99, None)])
 def test_no_speech_counts_only_with_a_low_log_probability(ns, lp, expected):
     assert signals_fail(segment(" Hello there.", 0.0, 1.0, lp=lp, ns=ns)) == expected
+
+
+def test_a_short_later_window_of_a_pass_is_its_tail():
+    # Recorded: the pass heard 12.78-22.63 s; faster-whisper decoded 22.12-22.63 s as a window of its own.
+    helps = segment(" helps.", 22.12, 22.36, lp=-0.94, ns=0.31, cr=0.43)
+    helps = Segment(0, helps.start, helps.end, helps.text, avg_logprob=-0.94, no_speech_prob=0.31,
+                    compression_ratio=0.43, window_start=22.12)
+    assert remainder_tail(helps, 12.78, 22.63)
+    assert signals_fail(helps) is None  # nothing else would have caught it
+    # The first window, and a later window over 2.3 s of audio (recorded: real speech there), are not tails.
+    first = Segment(0, 12.9, 22.1, " and a help to the shapeliness of the letters themselves.", window_start=12.78)
+    assert not remainder_tail(first, 12.78, 22.63)
+    later = Segment(0, 285.2, 287.4, " and tender churl makes waste in niggarding.", window_start=285.16)
+    assert not remainder_tail(later, 274.38, 287.5)
 
 
 def test_speaking_rate_needs_enough_words_to_judge():

@@ -486,6 +486,20 @@ def test_a_failed_segment_over_speech_is_decoded_again_with_fallback_before_it_c
     assert policy.next_pass() is None
 
 
+def test_a_window_that_repeats_itself_is_decoded_again_and_its_real_segments_kept():
+    # Recorded (en_mfa_michaelandsickmichael): a window of real speech whose ratio (3.11) a loop at its end lifted.
+    policy, final = closed_utterance(4.0)
+    looped = recorded("we're just saying some words and here are some more words and here are some more words",
+                      0.1, 3.9, lp=-0.18, ns=0.0, cr=3.11)
+    assert finals(policy.apply(final, PassResult((looped,), "en", 1.0), elapsed=0.3)) == []
+    again = policy.next_pass()
+    assert again.fallback
+    retried = recorded("we're just saying some words and here are some more words", 0.1, 3.9, lp=-0.2, ns=0.0,
+                       cr=1.4)
+    events = policy.apply(again, PassResult((retried,), "en", 1.0), elapsed=0.6)
+    assert finals(events) == ["we're just saying some words and here are some more words"]
+
+
 def test_a_failed_segment_without_speech_is_dropped_without_a_second_decode():
     policy, final = closed_utterance(2.0)
     real = recorded("That is all.", 0.1, 1.9, lp=-0.2, ns=0.02, cr=0.9)
