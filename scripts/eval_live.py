@@ -312,7 +312,7 @@ def _pass_record(request, result, events) -> dict:
 
 
 def score_stream(stream: Stream, language: str | None, fmt: str, record: Path | None = None,
-                 modelled: bool = False) -> StreamScore:
+                 modelled: bool = False, overrides: dict | None = None) -> StreamScore:
     """Offline and live transcripts of one stream, scored (runs in a worker process with its own engine).
 
     ``record``: a folder to write the stream's passes and VAD probabilities to (``NAME.json``), for reading a
@@ -327,7 +327,7 @@ def score_stream(stream: Stream, language: str | None, fmt: str, record: Path | 
     lang = stream.language if language == "file" else language
     offline = transcribe_all(_engine, audio, TranscribeOptions(beam_size=5, language=lang)).text
     passes: list[dict] = []
-    result = simulate(_engine, audio, realtime=False, config=StreamingConfig(language=lang),
+    result = simulate(_engine, audio, realtime=False, config=StreamingConfig(language=lang, **(overrides or {})),
                       on_pass=(lambda *a: passes.append(_pass_record(*a))) if record else None,
                       pass_clock=modelled_pass_seconds if modelled else None)
     if record:
@@ -444,6 +444,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="pass times as measured (the default; latencies are this machine's), or as "
                              "modelled_pass_seconds says (the same schedule on a busy machine: for comparing "
                              "policy changes)")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="override a StreamingConfig field for this run, e.g. --set agreement_margin_s=0.3")
     parser.add_argument("--jobs", type=int, default=1, help="streams scored at once (one engine each)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per engine (a live pass gets 1)")
     parser.add_argument("--json", type=Path, help="write every transcript and score here")
@@ -452,6 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    overrides = _config_overrides(args.set)
     folders = args.folders or [SPEECH_DIR]
     language = None if args.language == "auto" else args.language
     streams: list[Stream] = []
@@ -470,6 +473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     print(f"eval-live: {len(streams)} streams, {sum(s.duration for s in streams) / 60:.1f} min, model {args.model}, "
           f"language {args.language}, format {args.format}, {args.clock} pass times, "
+          f"{' '.join(args.set) or 'default policy'}, "
           f"{args.jobs} job(s) x {args.threads} thread(s), "
           f"load average {os.getloadavg()[0]:.2f}", flush=True)
     started = time.perf_counter()
@@ -479,7 +483,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     scores: list[StreamScore | None] = [None] * len(streams)
     with ProcessPoolExecutor(max_workers=max(1, args.jobs), initializer=_init_worker, initargs=init) as pool:
         futures = {pool.submit(score_stream, streams[i], language, args.format, args.record,
-                               args.clock == "modelled"): i for i in order}
+                               args.clock == "modelled", overrides): i for i in order}
         for done, future in enumerate(futures, start=1):
             i = futures[future]
             scores[i] = future.result()
@@ -490,6 +494,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps({"summary": summary, "streams": [_as_json(s) for s in final]}, indent=1))
     return 0
+
+
+def _config_overrides(items: Sequence[str]) -> dict:
+    """``NAME=VALUE`` pairs as StreamingConfig fields, with the field's type."""
+    from dataclasses import fields
+
+    from whisper_appliance.core.streaming import StreamingConfig
+
+    types = {f.name: type(getattr(StreamingConfig(), f.name)) for f in fields(StreamingConfig)}
+    out: dict = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if name not in types:
+            raise SystemExit(f"--set {item}: StreamingConfig has no field {name!r}")
+        kind = types[name] if types[name] is not type(None) else str
+        out[name] = (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
+    return out
 
 
 def _as_json(score: StreamScore) -> dict:
