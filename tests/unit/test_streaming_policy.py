@@ -202,6 +202,24 @@ def test_a_new_sentence_inside_an_utterance_commits_early_only_with_words_the_mo
     assert finals(events) == [] and policy.committed_text == "risk of delays."
 
 
+def test_a_sentence_start_inside_the_agreed_words_needs_sure_words_too():
+    # Recorded (synthetic meeting, buffer sliding): two passes agreed on "to reduce the risk of delays. and re
+    # wanna read", "and re wanna read" being "Everyone agreed" at word probabilities under 0.5.
+    policy = make_policy(agreement_after_s=0.0, agreement_margin_s=0.0, agreement_min_probability=0.5)
+    policy.push_audio(speech(3.0))
+    policy.apply(policy.next_pass(), result(words_of("the budget.", 0.0)), elapsed=0.1)
+    policy.push_audio(speech(0.5))
+    policy.apply(policy.next_pass(), result(words_of("the budget. to", 0.0)), elapsed=0.1)
+    assert policy.committed_text == "the budget."
+    heard = [*words_of("the budget. to reduce delays.", 0.0), Word(2.0, 2.2, " and", 0.4), Word(2.3, 2.5, " re", 0.3)]
+    policy.push_audio(speech(0.5))
+    policy.apply(policy.next_pass(), result(heard), elapsed=0.1)
+    policy.push_audio(speech(0.5))
+    events = policy.apply(policy.next_pass(), result([*heard, Word(2.6, 2.9, " wanna", 0.9)]), elapsed=0.1)
+    assert finals(events) == ["reduce delays."]  # not "and re": those wait for the final pass
+    assert policy.committed_text == "the budget. to reduce delays."
+
+
 def test_final_pass_at_utterance_end_commits_the_rest_minus_committed_text_despite_jitter():
     policy = after_two_partials("the quick brown", "the quick brown fox")
     assert policy.committed_text == "the quick brown"

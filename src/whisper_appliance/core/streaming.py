@@ -86,6 +86,7 @@ class StreamingConfig:
     pre_roll_s: float = 0.5            # audio kept before speech onset (Whisper mis-hears clipped word starts)
     speech_pad_s: float = 0.2          # audio kept after speech end (<= quiet_tail_s: the early final pass hears it)
     context_s: float = 6.0             # earlier audio every pass hears before its utterance (0: none)
+    slide_context_s: float = 4.0       # committed audio a long utterance's passes keep hearing (0: all of it)
     min_final_window_s: float = 4.0    # a final pass hearing less audio than this waits for more speech ...
     hold_silence_s: float = 1.5        # ... unless the speaker has been silent this long
     min_partial_s: float = 0.5         # no partial pass before the utterance holds this much audio
@@ -162,6 +163,7 @@ _GAP_SLACK_S = 0.1      # word times are off by about this much: a cut between t
 _TRIM_MARGIN_S = 1.5    # a trim pass commits unagreed words only when they end this long before its audio end
 _SPEECH_SLACK_S = 0.1   # a word counts as heard when its span widened by this overlaps a speech frame
 _HISTORY_WORDS = 40     # committed words a pass is checked against for echoes and loops
+_SLIDE_SLACK_S = 1.0    # a buffer slides only once it holds this much more committed audio than it keeps
 _FALLBACK_MIN_SPEECH_S = 0.5  # a segment failing Whisper's checks over this much speech is decoded again
 _UNDECIDED = ("logprob", "compression")  # ... for these reasons (the others are not speech)
 
@@ -529,6 +531,8 @@ class StreamingPolicy:
             utt.previous_tail = tail_keys
         if request.trim:
             self._cut_buffer(utt, request, tail)
+        else:
+            self._slide(utt, tail[0].start if tail else request.end)
         events += self._set_partial(tail)
         return events
 
@@ -631,12 +635,15 @@ class StreamingPolicy:
         limit = request.end - cfg.agreement_margin_s
         while n and tail[n - 1].end > limit:
             n -= 1
-        if self._starts_sentence(utt):
-            # A sentence's first words are where tiny.en mis-hears most ("and we" for "Everyone", agreed on by
-            # two passes): they commit early only when the model is sure of them, else with the final pass.
-            for i in range(n):
-                if tail[i].probability < cfg.agreement_min_probability:
-                    return i
+        # A sentence's first words are where tiny.en mis-hears most ("and we" for "Everyone", agreed on by two
+        # passes): from a sentence start on, also one inside the agreed words ("delays. and re wanna read" for
+        # "delays. Everyone agreed"), they commit early only when the model is sure of them, else with the final
+        # pass.
+        checking = self._starts_sentence(utt)
+        for i in range(n):
+            checking = checking or (i > 0 and ends_sentence(tail[i - 1]))
+            if checking and tail[i].probability < cfg.agreement_min_probability:
+                return i
         return n
 
     def _starts_sentence(self, utt: _Utterance) -> bool:
@@ -675,6 +682,29 @@ class StreamingPolicy:
         utt.trimmed = True
         utt.committed = []
         utt.previous_tail = None
+        self._drop_unneeded_audio()
+
+    def _slide(self, utt: _Utterance, first_new: float) -> None:
+        """Move the start of a long utterance's buffer up behind its committed words, keeping ``slide_context_s``
+        of them before the first word not yet committed (at a sentence start where one is in reach): its next
+        passes decode that context and the new words, not the whole utterance again, so they cost what a short
+        utterance's do. The prompt still holds the committed text before the cut."""
+        keep = self.config.slide_context_s
+        committed = utt.committed
+        if keep <= 0 or len(committed) < 2 or first_new - utt.start / self._sr <= keep + _SLIDE_SLACK_S:
+            return
+        boundaries = [i for i in range(1, len(committed)) if first_new - committed[i].start <= keep]
+        if not boundaries:
+            return
+        sentences = [i for i in boundaries if ends_sentence(committed[i - 1])
+                     and first_new - committed[i].start >= keep / 2]
+        i = (sentences or boundaries)[0]
+        cut = max(utt.start, min(int(self._quietest(committed[i - 1].end, committed[i].start) * self._sr),
+                                 self._total))
+        log.debug("utterance %d slid to %.2f s", utt.id, cut / self._sr)
+        utt.start = cut
+        utt.trimmed = True
+        utt.committed = committed[i:]
         self._drop_unneeded_audio()
 
     def _cut_point(self, committed: list[Word], tail: list[Word], end: float) -> float:
