@@ -683,6 +683,24 @@ def test_long_session_keeps_the_buffer_bounded_and_commits_every_word_once(vocab
     assert " ".join(history) == policy.committed_text
 
 
+def test_a_long_utterance_slides_its_buffer_behind_the_committed_words():
+    policy = make_policy(agreement_after_s=2.0, slide_context_s=4.0)  # (0 would keep 15-s passes: trims only)
+    speaker = ScriptedSpeaker([f"w{i}" for i in range(1000)])
+    lengths = []
+    for _ in range(int(30 / 0.25)):  # half a minute without a pause
+        policy.push_audio(speech(0.25))
+        request = policy.next_pass()
+        if request is not None:
+            lengths.append((request.end, request.audio.size / SR))
+            policy.apply(request, speaker.hear(request), elapsed=0.3)
+    while (request := policy.finish()) is not None:
+        policy.apply(request, speaker.hear(request), elapsed=0.3)
+    # Once words commit, every pass hears about 4 s of them plus what is not committed yet (never the trim's 15 s).
+    late = [length for end, length in lengths if end > 10]
+    assert late and max(late) <= 4.0 + 1.0 + 2.5
+    assert [word_key(w) for w in policy.committed_text.split()] == speaker.truth(policy.audio_seconds)
+
+
 def test_commits_are_never_retracted_or_repeated_under_random_hypotheses():
     rng = random.Random(7)
     vocabulary = "alpha beta gamma delta epsilon".split()
