@@ -164,6 +164,7 @@ _TRIM_MARGIN_S = 1.5    # a trim pass commits unagreed words only when they end 
 _SPEECH_SLACK_S = 0.1   # a word counts as heard when its span widened by this overlaps a speech frame
 _HISTORY_WORDS = 40     # committed words a pass is checked against for echoes and loops
 _SLIDE_SLACK_S = 1.0    # a buffer slides only once it holds this much more committed audio than it keeps
+_SENTENCE_START_WORDS = 3  # a sentence's first words, which commit early only when the model is sure of them
 _FALLBACK_MIN_SPEECH_S = 0.5  # a segment failing Whisper's checks over this much speech is decoded again
 _UNDECIDED = ("logprob", "compression")  # ... for these reasons (the others are not speech)
 
@@ -232,6 +233,7 @@ class _Utterance:
     end: int | None = None              # set when the VAD closed it
     committed: list[Word] = field(default_factory=list)  # its committed words still inside the buffer
     previous_tail: list[str] | None = None               # last partial's uncommitted keys (for agreement)
+    older_tail: list[str] | None = None                  # the one before it, when nothing committed since
     last_words: list[Word] = field(default_factory=list)  # last hypothesis, for trimming
     no_prompt: bool = False             # a repetition loop was seen: decode without prompt from now on
     trimmed: bool = False               # its buffer was cut (it has committed words before utt.start)
@@ -528,6 +530,7 @@ class StreamingPolicy:
             if n:
                 events += self._commit(utt, tail[:n])
                 tail, tail_keys = tail[n:], tail_keys[n:]
+            utt.older_tail = None if n else utt.previous_tail
             utt.previous_tail = tail_keys
         if request.trim:
             self._cut_buffer(utt, request, tail)
@@ -586,6 +589,7 @@ class StreamingPolicy:
         self.dropped["loops"] += 1
         utt.no_prompt = True       # the prompt is what a model that loops keeps repeating
         utt.previous_tail = None   # the next pass cannot agree with this one
+        utt.older_tail = None
 
     def _heard(self, request: PassRequest, result: PassResult) -> _Heard:
         """A pass's words that pass the guards (guards.py): Whisper's signals per segment, the speaking rate, the
@@ -596,10 +600,14 @@ class StreamingPolicy:
         for seg in result.segments:
             held = speech.speech_seconds(seg.start, seg.end) or 0.0
             reason = signals_fail(seg)
-            if reason == "logprob" and request.fallback and held >= _FALLBACK_MIN_SPEECH_S:
-                # Decoded again with fallback and still unsure, over real speech: kept, as offline transcription
-                # keeps its best attempt (its words still have to lie in speech, and loops are still cut).
+            repeats = reason == "compression" or window_repeats(seg)
+            if reason in _UNDECIDED and request.fallback and held >= _FALLBACK_MIN_SPEECH_S:
+                # Decoded again with fallback and still unsure, or still repetitive, over real speech: kept, as
+                # offline transcription keeps its best attempt. Its words still have to lie in speech, and the loop
+                # guards cut what repeats ("words, words, words, words" is real speech; its ratio is 2.9).
                 reason = None
+            elif reason == "compression" and held >= _FALLBACK_MIN_SPEECH_S:
+                reason = None  # shown meanwhile (loops cut), committed only after the decode with fallback
             if reason is None and remainder_tail(seg, request.offset, request.end):
                 reason = "tail"
             if reason is None and is_hallucination(seg, speech.speech_ratio(seg.start, seg.end)):
@@ -611,9 +619,9 @@ class StreamingPolicy:
                 if reason in _UNDECIDED and held >= _FALLBACK_MIN_SPEECH_S and undecided is None:
                     undecided = seg.start
                 continue
-            if window_repeats(seg) and not request.fallback and undecided is None:
-                # Something in this segment's decoding window loops (the loop guard may not see it): decode it
-                # again with fallback before committing from here on, but show its words meanwhile.
+            if repeats and not request.fallback and undecided is None:
+                # This segment or something in its decoding window repeats (the loop guards may not see it):
+                # decode it again with fallback before committing from here on, but show its words meanwhile.
                 undecided = seg.start
             seg_words = [w for w in (seg.words or (Word(seg.start, seg.end, seg.text, 0.0),)) if word_key(w.word)]
             kept = [w for w in seg_words if in_speech(w, speech, slack=_SPEECH_SLACK_S)]
@@ -636,14 +644,19 @@ class StreamingPolicy:
         while n and tail[n - 1].end > limit:
             n -= 1
         # A sentence's first words are where tiny.en mis-hears most ("and we" for "Everyone", agreed on by two
-        # passes): from a sentence start on, also one inside the agreed words ("delays. and re wanna read" for
-        # "delays. Everyone agreed"), they commit early only when the model is sure of them, else with the final
-        # pass.
-        checking = self._starts_sentence(utt)
+        # passes): those of every sentence that starts in the agreed words, also inside them ("delays. and re
+        # wanna read" for "delays. Everyone agreed"), commit early only when the model is sure of them, else with
+        # the final pass.
+        # Three passes in a row agreeing on them are enough, though: a name ("Sarah opened by") is never sure.
+        three = agreed_prefix_length(utt.older_tail, tail_keys[:n]) if utt.older_tail is not None else 0
+        since_start = 0 if self._starts_sentence(utt) else _SENTENCE_START_WORDS
         for i in range(n):
-            checking = checking or (i > 0 and ends_sentence(tail[i - 1]))
-            if checking and tail[i].probability < cfg.agreement_min_probability:
+            if i > 0 and ends_sentence(tail[i - 1]):
+                since_start = 0
+            unsure = tail[i].probability < cfg.agreement_min_probability
+            if since_start < _SENTENCE_START_WORDS and unsure and i >= three:
                 return i
+            since_start += 1
         return n
 
     def _starts_sentence(self, utt: _Utterance) -> bool:
@@ -681,7 +694,7 @@ class StreamingPolicy:
         utt.start = cut_sample
         utt.trimmed = True
         utt.committed = []
-        utt.previous_tail = None
+        utt.previous_tail = utt.older_tail = None
         self._drop_unneeded_audio()
 
     def _slide(self, utt: _Utterance, first_new: float) -> None:
