@@ -312,6 +312,21 @@ def test_committed_audio_re_said_in_other_words_is_never_partial_or_committed_ag
     assert not any(w in policy.committed_text for w in ("won", "too"))
 
 
+def test_a_word_after_the_committed_text_is_new_even_where_the_last_committed_word_ends_late():
+    # Recorded (synthetic_meeting, webm): a partial committed "... decision about the" with "the" at 24.90-25.44 s;
+    # the final pass placed "the" at 24.88-25.16 s and "marketing" at 25.16-25.42 s, inside the committed "the".
+    policy = after_two_partials("decision about the marketing", "decision about the market")
+    assert policy.committed_text == "decision about the"
+    late = policy._committed[-1]
+    policy._committed[-1] = Word(late.start, late.start + 0.9, late.word, late.probability)
+    policy.push_audio(silence(0.75))
+    final = policy.next_pass()
+    assert final.final
+    heard = [*words_of("decision about the", 0.0), Word(0.85, 1.05, " marketing", 0.97),
+             Word(1.05, 1.5, " campaign.", 0.98)]
+    assert finals(policy.apply(final, result(heard), elapsed=0.1)) == ["marketing campaign."]
+
+
 def test_passes_hear_the_earlier_utterance_and_commit_only_the_new_words():
     policy = make_policy(context_s=10.0)
     policy.push_audio(speech(1.0))

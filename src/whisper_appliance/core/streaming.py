@@ -561,9 +561,13 @@ class StreamingPolicy:
             skip += 1
         # A word centred well inside audio that is already committed re-says it in other words ("and we wanna read"
         # over a committed "Everyone agreed to meet"), which the text match cannot see: never new speech either.
-        # (The slack keeps a short new word whose times jittered back over the last committed one.)
+        # (The slack keeps a short new word whose times jittered back over the last committed one.) Where the text
+        # match reached the last committed word, what follows is new whatever its times say: a committed word's end
+        # can lie well into the next one ("about the" ending at 25.44 s over "marketing" at 25.16-25.42 s).
+        text_aligned = skip > 0 and bool(known) and keys[skip - 1] == known[-1]
         committed_end = self._committed[-1].end if self._committed else 0.0
-        while skip < len(words) and (words[skip].start + words[skip].end) / 2 < committed_end - _GAP_SLACK_S:
+        while (not text_aligned and skip < len(words)
+               and (words[skip].start + words[skip].end) / 2 < committed_end - _GAP_SLACK_S):
             skip += 1
         tail, tail_keys = words[skip:], keys[skip:]
         # The last committed words said again, by a pass that does not hear them (Whisper repeating its prompt),
