@@ -188,11 +188,7 @@ def test_an_utterance_starts_committing_early_only_with_words_the_model_is_sure_
 
 
 def test_a_new_sentence_inside_an_utterance_commits_early_only_with_words_the_model_is_sure_of():
-    policy = make_policy(agreement_after_s=0.0, agreement_margin_s=0.0, agreement_min_probability=0.5)
-    policy.push_audio(speech(2.0))
-    policy.apply(policy.next_pass(), result(words_of("risk of delays.", 0.0)), elapsed=0.1)
-    policy.push_audio(speech(0.5))
-    policy.apply(policy.next_pass(), result(words_of("risk of delays. and", 0.0)), elapsed=0.1)
+    policy = after_two_partials("risk of delays.", "risk of delays. and")
     assert policy.committed_text == "risk of delays."
     unsure = [*words_of("risk of delays.", 0.0), Word(1.2, 1.5, " we", 0.3), Word(1.6, 1.9, " and", 0.4)]
     policy.push_audio(speech(0.5))
@@ -209,11 +205,7 @@ def test_a_new_sentence_inside_an_utterance_commits_early_only_with_words_the_mo
 def test_a_sentence_start_inside_the_agreed_words_needs_sure_words_too():
     # Recorded (synthetic meeting, buffer sliding): two passes agreed on "to reduce the risk of delays. and re
     # wanna read", "and re wanna read" being "Everyone agreed" at word probabilities under 0.5.
-    policy = make_policy(agreement_after_s=0.0, agreement_margin_s=0.0, agreement_min_probability=0.5)
-    policy.push_audio(speech(3.0))
-    policy.apply(policy.next_pass(), result(words_of("the budget.", 0.0)), elapsed=0.1)
-    policy.push_audio(speech(0.5))
-    policy.apply(policy.next_pass(), result(words_of("the budget. to", 0.0)), elapsed=0.1)
+    policy = after_two_partials("the budget.", "the budget. to")
     assert policy.committed_text == "the budget."
     heard = [*words_of("the budget. to reduce delays.", 0.0), Word(2.0, 2.2, " and", 0.4), Word(2.3, 2.5, " re", 0.3)]
     policy.push_audio(speech(0.5))
