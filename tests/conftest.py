@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from whisper_appliance.core.wer import word_errors
+
 ROOT = Path(__file__).resolve().parents[1]
 SPEECH_DIR = (ROOT / ".." / "shared" / "speech").resolve()
 MODELS_DIR = ROOT / "models"
@@ -31,3 +33,11 @@ def speech_dir() -> Path:
 
 def reference_text(name: str) -> str:
     return (SPEECH_DIR / f"{name}.txt").read_text().strip()
+
+
+def hallucinated_runs(offline: str, live: str) -> tuple[tuple[str, ...], ...]:
+    """Word runs the live text has and the offline text of the same audio does not: three or more words made
+    from nothing between words heard right, or five or more anywhere. Real-time runs differ from offline in
+    tiny.en's misheard phrases, which can come out a word or three longer ('Everyone agreed' as 'and we want
+    to read', seen in CI); a hallucinated phrase such as 'we'll see you in the next video' does not need that."""
+    return word_errors(offline, live).flanked_runs + word_errors(offline, live, min_run=5).insertion_runs

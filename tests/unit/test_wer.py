@@ -68,10 +68,22 @@ def test_word_errors_counts_and_insertion_runs():
     assert (errors.reference_words, errors.substitutions, errors.deletions, errors.insertions) == (6, 0, 0, 4)
     assert errors.insertion_runs == (("one", "and", "thats", "it"),)
     assert errors.rate == pytest.approx(4 / 6) and errors.inserted_in_runs == 4
+    assert errors.flanked_runs == errors.insertion_runs
     # Two inserted words are not a run; a substitution is not an insertion.
     assert word_errors("a b c d", "a x y b c e d").insertion_runs == ()
     assert word_errors("", "thank you for watching").insertion_runs == (("thank", "you", "for", "watching"),)
     assert word_errors("some words", "").deletions == 2
+
+
+def test_a_misheard_phrase_that_came_out_longer_is_an_insertion_run_but_not_a_flanked_one():
+    # Recorded in CI (live WebM, tiny.en): 'Everyone agreed' heard as 'and we want to read'.
+    errors = word_errors("of delays everyone agreed to meet again", "of delays and we want to read to meet again")
+    assert errors.insertion_runs and errors.flanked_runs == ()
+    # A hallucination into a pause has heard words on both sides, or the end of the text.
+    errors = word_errors("two lines of the poem", "two lines well see you in the next one of the poem")
+    assert errors.flanked_runs == (("well", "see", "you", "in", "the", "next", "one"),)
+    assert word_errors("the end", "the end thank you for watching").flanked_runs == (
+        ("thank", "you", "for", "watching"),)
 
 
 def test_word_errors_by_characters_for_languages_without_spaces():

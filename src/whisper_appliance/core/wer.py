@@ -120,7 +120,10 @@ class WordErrors:
     """How a hypothesis differs from a reference, word by word (after ``normalize``).
 
     ``insertion_runs`` are the hypothesis words that align with nothing in the reference, one tuple per run of
-    at least ``min_run`` adjacent such words: what a hallucination into a pause looks like.
+    at least ``min_run`` adjacent such words: what a hallucination into a pause looks like. ``flanked_runs`` are
+    those of them with a matched word (or the edge of the text) on both sides: text made from nothing between
+    words heard right. A misheard phrase that came out longer than it was ('Everyone agreed' as 'and we want to
+    read') is an insertion run too, but one beside substitutions.
     """
 
     reference_words: int
@@ -128,6 +131,7 @@ class WordErrors:
     deletions: int
     insertions: int
     insertion_runs: tuple[tuple[str, ...], ...] = ()
+    flanked_runs: tuple[tuple[str, ...], ...] = ()
 
     @property
     def errors(self) -> int:
@@ -156,10 +160,17 @@ def word_errors(reference: str, hypothesis: str, *, min_run: int = 3, characters
         ref, hyp = list("".join(ref)), list("".join(hyp))
     if not ref or not hyp:
         runs = (tuple(hyp),) if len(hyp) >= min_run else ()
-        return WordErrors(len(ref), 0, len(ref), len(hyp), runs)
+        return WordErrors(len(ref), 0, len(ref), len(hyp), runs, runs)
     out = jiwer.process_words(" ".join(ref), " ".join(hyp))
+    chunks = out.alignments[0]
     runs: list[tuple[str, ...]] = []
-    for chunk in out.alignments[0]:
+    flanked: list[tuple[str, ...]] = []
+    for i, chunk in enumerate(chunks):
         if chunk.type == "insert" and chunk.hyp_end_idx - chunk.hyp_start_idx >= min_run:
-            runs.append(tuple(hyp[chunk.hyp_start_idx:chunk.hyp_end_idx]))
-    return WordErrors(len(ref), out.substitutions, out.deletions, out.insertions, tuple(runs))
+            run = tuple(hyp[chunk.hyp_start_idx:chunk.hyp_end_idx])
+            runs.append(run)
+            before = chunks[i - 1].type if i > 0 else "equal"
+            after = chunks[i + 1].type if i + 1 < len(chunks) else "equal"
+            if before == after == "equal":
+                flanked.append(run)
+    return WordErrors(len(ref), out.substitutions, out.deletions, out.insertions, tuple(runs), tuple(flanked))
