@@ -206,7 +206,7 @@ def outcome_of(fn: Callable[[], requests.Response]) -> str:
     except requests.RequestException as exc:
         return type(exc).__name__
     code = None
-    if r.headers.get("Content-Type", "").startswith("application/json"):
+    if r.status_code >= 400 and r.headers.get("Content-Type", "").startswith("application/json"):
         try:
             body = r.json()
             code = body.get("code") or (body.get("error") or {}).get("code") if isinstance(body, dict) else None
@@ -673,6 +673,12 @@ def _crafted(original: Path, tmp: Path, variant: str) -> Path:
         elif variant == "wrong-columns":
             db.execute("DROP TABLE history")
             db.execute("CREATE TABLE history (id INTEGER PRIMARY KEY, junk TEXT)")
+        elif variant == "job-path":
+            # A finished job whose file is the canary next to the crafted file: deleting the job unlinks it?
+            owner = db.execute("SELECT id FROM users WHERE username = 'admin'").fetchone()
+            db.execute("INSERT INTO jobs (id, created_at, updated_at, status, filename, upload_path, owner_id) "
+                       "VALUES ('abuse-job', '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z', 'failed', 'x.wav', ?, ?)",
+                       (str(tmp / "canary.txt"), owner[0] if owner else None))
         elif variant == "extra-table":
             db.execute("CREATE TABLE abuse_extra (x)")
             db.execute("CREATE VIEW abuse_view AS SELECT 1")
@@ -702,7 +708,9 @@ def attack_crafted_restore(ctx: Context, obs: Observed) -> None:
             return
         original = tmp / "original.db"
         original.write_bytes(r.content)
-        for variant in ("trigger", "wrong-columns", "extra-table", "not-a-database"):
+        canary = tmp / "canary.txt"
+        canary.write_text("a file outside the jobs directory\n")
+        for variant in ("trigger", "wrong-columns", "job-path", "extra-table", "not-a-database"):
             out = _restore(admin, ctx, _crafted(original, tmp, variant))
             obs.outcomes.append(out)
             health = outcome_of(lambda: ctx.target.session().get(ctx.target.url + "/health", timeout=10))
@@ -715,6 +723,11 @@ def attack_crafted_restore(ctx: Context, obs: Observed) -> None:
                 texts = [i.get("text") for r in found if r.ok for i in r.json().get("items", [])]
                 ran = "abuse trigger ran" in texts
                 note += f"; the crafted trigger {'RAN on' if ran else 'did not touch'} an entry imported afterwards"
+            if variant == "job-path" and out.startswith("200"):
+                admin = ctx.target.admin() or admin
+                deleted = outcome_of(lambda a=admin: a.delete(ctx.target.url + "/api/jobs/abuse-job", timeout=30))
+                note += (f"; DELETE of its job {deleted}, the file outside the jobs directory "
+                         f"{'still exists' if canary.exists() else 'was DELETED'}")
             obs.notes.append(note)
             admin = ctx.target.admin() or admin
         obs.notes.append(f"original database restored: {_restore(admin, ctx, original)}")
@@ -861,6 +874,26 @@ def report(observed: list[Observed], health: HealthPoller, live: LiveDictation, 
               f"{rss.max_ffmpeg}")
 
 
+def goals(args: argparse.Namespace, health: HealthPoller, live: LiveDictation, rss: RssSampler | None,
+          ffmpeg: list[str], tmp_files: list[str]) -> list[tuple[str, str]]:
+    """The issue's proof, one line each: (goal, 'yes' / 'NO' / 'not checked' with the figure)."""
+    p95 = percentile(health.latencies(), 95)
+    rows = [(f"/health p95 under {args.health_goal_ms:.0f} ms",
+             "not checked" if p95 is None else f"{'yes' if p95 * 1000 < args.health_goal_ms else 'NO'} "
+                                               f"({p95 * 1000:.0f} ms)")]
+    gap = live.longest_gap()
+    rows.append((f"live dictation kept committing (no gap over {args.live_gap_goal_s:.0f} s)",
+                 "not checked" if gap is None else f"{'yes' if gap <= args.live_gap_goal_s else 'NO'} "
+                                                   f"(longest {gap:.1f} s)"))
+    peak = rss.peak() if rss is not None else None
+    rows.append((f"RSS under {args.rss_bound_mb:.0f} MB",
+                 "not checked" if peak is None else f"{'yes' if peak < args.rss_bound_mb * 2**20 else 'NO'} "
+                                                    f"(peak {peak / 2**20:.0f} MB)"))
+    rows.append(("no ffmpeg left", "yes" if not ffmpeg else f"NO ({len(ffmpeg)})"))
+    rows.append(("no temp file left", "yes" if not tmp_files else f"NO ({len(tmp_files)})"))
+    return rows
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--url", help="an existing server (default: start one on 127.0.0.1)")
@@ -887,6 +920,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--search-repeats", type=int, default=3)
     p.add_argument("--json-mb", type=float, default=20.0)
     p.add_argument("--methods", type=int, default=50, help="made-up HTTP method names sent")
+    p.add_argument("--health-goal-ms", type=float, default=200.0, help="the /health p95 goal")
+    p.add_argument("--live-gap-goal-s", type=float, default=10.0, help="the longest wait for a live commit")
+    p.add_argument("--rss-bound-mb", type=float, default=1536.0, help="the RSS goal (tiny.en, with children)")
     p.add_argument("--live-max-seconds", type=float, default=3600.0, help="bound on the live session's length")
     args = p.parse_args(argv)
     if args.small:
@@ -953,7 +989,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"left behind: ffmpeg children {ffmpeg or 'none'}"
               f"{'' if target.pid else ' (not checked: no --pid)'}; DATA_DIR/tmp files {tmp_files or 'none'}"
               f"{'' if target.data_dir else ' (not checked: no --data-dir)'}")
-        print(f"server still answering: {'yes' if up else 'NO'}")
+        print("\n" + format_table(["goal", "met"], [*goals(args, health, live, rss, ffmpeg, tmp_files),
+                                                    ("server still answering", "yes" if up else "NO")]))
         if server is not None:
             server.stop()
     return 0 if up else 1

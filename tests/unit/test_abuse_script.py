@@ -86,3 +86,17 @@ def test_format_table_pads_columns_and_shows_none_as_a_dash():
     assert set(lines[1].replace(" ", "")) == {"-"}
     assert lines[2].split() == ["dates", "-"] and lines[3].split() == ["slow_uploads", "12"]
     assert lines[2].index("-") == lines[3].index("12")  # one column, one start
+
+
+def test_goals_say_which_were_met_and_what_was_not_measured():
+    args = abuse.parse_args(["--health-goal-ms", "200", "--rss-bound-mb", "100"])
+    health = abuse.HealthPoller(abuse.Target("https://127.0.0.1:1", False))
+    health.samples = [(float(i), 0.005, "200") for i in range(19)] + [(19.0, 0.5, "200"), (20.0, None, "ReadTimeout")]
+    rss = abuse.RssSampler(pid=1)
+    rss.samples = [(0.0, 50 * 2**20), (1.0, 150 * 2**20)]
+    live = abuse.LiveDictation(abuse.Target("https://127.0.0.1:1", False), [b""], 1.0)  # never started
+    met = dict(abuse.goals(args, health, live, rss, ffmpeg=[], tmp_files=["restore-x.db"]))
+    assert met["/health p95 under 200 ms"].startswith("yes")  # one slow poll in 20 lifts p95 to 30 ms
+    assert met["RSS under 100 MB"] == "NO (peak 150 MB)"
+    assert met["live dictation kept committing (no gap over 10 s)"] == "not checked"
+    assert met["no ffmpeg left"] == "yes" and met["no temp file left"] == "NO (1)"
