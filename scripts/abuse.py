@@ -8,7 +8,7 @@
 Each attack is one function (``attack_*``) that runs a bounded loop (sizes from the command line) and reports
 what the server did: the status codes and error codes it answered, timeouts, dropped connections. It assumes
 no fix: the tables say what this server does, whatever that is. While the attacks run one after another,
-three watchers run beside them:
+three watchers run beside them (it needs the test tools, requirements-dev.txt):
 
 * ``/health`` polled every 100 ms: p50/p95/max latency, overall and per attack;
 * a live dictation session over Socket.IO (pcm16, real speech from ../shared/speech, at real-time pace):
@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import socket
 import sqlite3
 import ssl
@@ -396,7 +397,7 @@ def attack_decoded_size(ctx: Context, obs: Observed) -> None:
         t0 = time.perf_counter()
         out = _post_audio(ctx, name, data)
         obs.outcomes.append(out)
-        obs.notes.append(f"{name}: {len(data) // 1024} KB claiming {seconds / 3600:.2f} h -> {out} "
+        obs.notes.append(f"{name}: {len(data):,} bytes claiming {seconds / 3600:.2f} h -> {out} "
                          f"in {time.perf_counter() - t0:.1f} s")
     if ctx.rss and rss_before:
         peak = ctx.rss.peak(obs.start)
@@ -478,6 +479,7 @@ def attack_live_start_stop(ctx: Context, obs: Observed) -> None:
     bench = _e2e().bench
     cycles, clients = ctx.args.live_cycles, ctx.args.live_clients
     results: list[str] = []
+    counts: list[int] = []  # the live_sessions counts the server broadcast meanwhile
     lock = threading.Lock()
 
     def loop(k: int) -> None:
@@ -502,6 +504,8 @@ def attack_live_start_stop(ctx: Context, obs: Observed) -> None:
                         results.append(f"error {(e.payload or {}).get('code')}")
                     elif e.name in ("recording_started", "recording_stopped", "disconnect"):
                         results.append(e.name)
+                    elif e.name == "live_sessions" and isinstance(e.payload, dict):
+                        counts.append(int(e.payload.get("count") or 0))
             c.disconnect()
 
     threads = [threading.Thread(target=loop, args=(k,)) for k in range(clients)]
@@ -510,7 +514,8 @@ def attack_live_start_stop(ctx: Context, obs: Observed) -> None:
     for t in threads:
         t.join(300)
     obs.outcomes.extend(results)
-    obs.notes.append(f"{clients} connections x {cycles} start/stop cycles")
+    obs.notes.append(f"{clients} connections x {cycles} start/stop cycles; most live sessions the server "
+                     f"announced meanwhile: {max(counts) if counts else '-'} (the dictation watcher holds one)")
     if ctx.rss:
         obs.notes.append(f"most ffmpeg children seen at once so far: {ctx.rss.max_ffmpeg}")
 
@@ -549,6 +554,47 @@ def attack_fast_live_intake(ctx: Context, obs: Observed) -> None:
                 obs.outcomes.append(e.name)
     finally:
         c.disconnect()
+
+
+def attack_legacy_recordings(ctx: Context, obs: Observed) -> None:
+    """The seed page's whole-recording ``audio_chunk`` (no start_recording, no seq) from many connections at
+    once: do they count as sessions? One of them is the 1-Hz WAV claiming ``--amplify-seconds``."""
+    bench = _e2e().bench
+    n = ctx.args.legacy_clients
+    speech = sorted(SPEECH_DIR.glob("*.wav"))
+    recording = speech[0].read_bytes() if speech else wav_claiming(SAMPLE_RATE, 3.0)
+    results: list[str] = []
+    lock = threading.Lock()
+
+    def one(k: int) -> None:
+        data = wav_claiming(1, ctx.args.amplify_seconds) if k == 0 else recording
+        try:
+            c = bench.LiveClient(ctx.target.url, verify=ctx.target.verify, token=ctx.target.token)
+        except Exception as exc:  # noqa: BLE001 - reported
+            with lock:
+                results.append(f"connect {type(exc).__name__}")
+            return
+        try:
+            mark = c.mark()
+            c.emit("audio_chunk", {"audio_data": data})
+            e = c.wait_for(lambda e: e.name in ("transcription_result", "transcription_error", "disconnect"),
+                           ctx.args.request_timeout, after=mark)
+            label = f"error {(e.payload or {}).get('code')}" if e.name == "transcription_error" else e.name
+        except Exception as exc:  # noqa: BLE001 - a timeout is an observation
+            label = type(exc).__name__
+        finally:
+            c.disconnect()
+        with lock:
+            results.append(("1-Hz WAV: " if k == 0 else "") + label)
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(ctx.args.request_timeout + 30)
+    obs.outcomes.extend(results)
+    obs.notes.append(f"{n} connections each sent one whole recording at once ({speech[0].name if speech else 'a WAV'};"
+                     f" one a 1-Hz WAV claiming {ctx.args.amplify_seconds / 3600:.2f} h)")
 
 
 async def _attachments(ctx: Context, announced: int, frames: int, frame_bytes: int) -> list[str]:
@@ -786,7 +832,8 @@ def attack_foreign_origin(ctx: Context, obs: Observed) -> None:
 
 ATTACKS: list[Callable[[Context, Observed], None]] = [
     attack_decoded_size, attack_slow_uploads, attack_idle_connections, attack_live_start_stop,
-    attack_fast_live_intake, attack_attachments, attack_search_prefixes, attack_dates, attack_oversized_json,
+    attack_fast_live_intake, attack_legacy_recordings, attack_attachments, attack_search_prefixes, attack_dates,
+    attack_oversized_json,
     attack_crafted_restore, attack_csv_formulas, attack_http_methods, attack_foreign_origin,
 ]
 
@@ -912,6 +959,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--idle-seconds", type=float, default=30.0)
     p.add_argument("--live-cycles", type=int, default=50, help="start/stop cycles per connection")
     p.add_argument("--live-clients", type=int, default=3)
+    p.add_argument("--legacy-clients", type=int, default=12, help="connections sending a whole recording at once")
     p.add_argument("--fast-seconds", type=float, default=300.0, help="audio sent as fast as possible")
     p.add_argument("--attachment-frames", type=int, default=100)
     p.add_argument("--attachment-bytes", type=int, default=64 * 1024)
@@ -928,7 +976,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.small:
         for name, value in (("amplify_seconds", 60), ("slow_uploads", 3), ("slow_seconds", 3),
                             ("idle_connections", 10), ("idle_seconds", 2), ("live_cycles", 3), ("live_clients", 1),
-                            ("fast_seconds", 10), ("attachment_frames", 3), ("search_entries", 20),
+                            ("fast_seconds", 10), ("legacy_clients", 2), ("attachment_frames", 3),
+                            ("search_entries", 20),
                             ("search_terms", 30), ("search_repeats", 1), ("json_mb", 0.5), ("methods", 3)):
             setattr(args, name, value)
     return args
@@ -993,6 +1042,10 @@ def main(argv: list[str] | None = None) -> int:
                                                     ("server still answering", "yes" if up else "NO")]))
         if server is not None:
             server.stop()
+            if up:
+                shutil.rmtree(server.data_dir.parent, ignore_errors=True)
+            else:
+                print(f"the server's log: {server.log_path}")
     return 0 if up else 1
 
 
