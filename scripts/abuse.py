@@ -117,6 +117,12 @@ def formula_cells(cells: Iterable[str]) -> list[str]:
     return [c for c in cells if c.startswith(FORMULA_STARTS)]
 
 
+def before_restore_copies(data_dir: Path) -> list[str]:
+    """The copies a restore saved of the database it replaced (``appliance.db.before-restore``, timestamped or
+    not), in DATA_DIR."""
+    return sorted(p.name for p in data_dir.glob("*.before-restore*") if p.is_file())
+
+
 def summarize(outcomes: Iterable[str]) -> str:
     """``['200', '413', '413']`` -> ``'413 x2, 200 x1'`` (most common first)."""
     counts = Counter(outcomes)
@@ -777,6 +783,10 @@ def attack_crafted_restore(ctx: Context, obs: Observed) -> None:
             obs.notes.append(note)
             admin = ctx.target.admin() or admin
         obs.notes.append(f"original database restored: {_restore(admin, ctx, original)}")
+        if ctx.target.data_dir:
+            accepted = sum(1 for o in obs.outcomes if o.startswith("200")) + 1
+            obs.notes.append(f"{len(before_restore_copies(ctx.target.data_dir))} before-restore copies in DATA_DIR "
+                             f"after {accepted} accepted restores")
 
 
 def attack_csv_formulas(ctx: Context, obs: Observed) -> None:

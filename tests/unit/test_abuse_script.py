@@ -100,3 +100,12 @@ def test_goals_say_which_were_met_and_what_was_not_measured():
     assert met["RSS under 100 MB"] == "NO (peak 150 MB)"
     assert met["live dictation kept committing (no gap over 10 s)"] == "not checked"
     assert met["no ffmpeg left"] == "yes" and met["no temp file left"] == "NO (1)"
+
+
+def test_before_restore_copies_finds_plain_and_timestamped_copies_only(tmp_path):
+    for name in ("appliance.db", "appliance.db.before-restore", "appliance.db.before-restore-20261202-120000",
+                 "appliance.db-wal"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "tmp").mkdir()
+    assert abuse.before_restore_copies(tmp_path) == ["appliance.db.before-restore",
+                                                     "appliance.db.before-restore-20261202-120000"]
