@@ -85,6 +85,10 @@ def create_app(settings: Settings | None = None, *, appliance: Appliance | None 
     @socketio.on("connect")
     def _connect(auth: Any = None) -> None:
         token = auth.get("token") if isinstance(auth, dict) else None
+        if token is not None and not isinstance(token, str):
+            # Refused, not ignored: falling back to the cookie or guest would hide the client's mistake.
+            raise SocketRefused({"code": "invalid_token",
+                                 "message": f"auth.token must be a string, not {type(token).__name__}"})
         principal: Principal | None = None
         if token:
             principal = appliance.accounts.verify(token)

@@ -708,3 +708,100 @@ def test_loop_started_after_a_close_does_nothing(env):
     summary = session.run(rec, lambda s: None)
     assert summary.reason == "disconnected" and rec.events == []
     assert env.history.entries == [] and env.scheduler.priorities == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Session slots: finishing sessions, per-client cap, idle timeout, legacy recordings
+
+
+def test_a_stopped_session_holds_its_slot_until_it_has_finished(tmp_path):
+    live = make_env(Settings(data_dir=tmp_path, live_max_sessions=1)).live
+    first = live.open("sid1", {"format": "pcm16"}, GUEST)
+    live.stop("sid1")  # its loop has not flushed yet: ffmpeg/worker still there
+    with pytest.raises(RateLimited) as info:
+        live.open("sid2", {"format": "pcm16"}, GUEST)
+    assert info.value.code == "too_many_sessions"
+    first.run(Recorder(), lambda s: None)
+    assert live.open("sid2", {"format": "pcm16"}, GUEST) is not None
+
+
+def test_start_stop_loops_cannot_exceed_the_session_limit(tmp_path):
+    live = make_env(Settings(data_dir=tmp_path, live_max_sessions=3)).live
+    opened = 0
+    for i in range(10):
+        try:
+            live.open(f"sid{i}", {"format": "pcm16"}, GUEST)
+        except RateLimited:
+            continue
+        opened += 1
+        live.stop(f"sid{i}")
+    assert opened == 3
+
+
+def test_per_client_session_cap(tmp_path):
+    live = make_env(Settings(data_dir=tmp_path, live_max_sessions=10, live_max_sessions_per_client=2)).live
+    live.open("a", {"format": "pcm16"}, GUEST, client="ip:10.0.0.1")
+    live.open("b", {"format": "pcm16"}, GUEST, client="ip:10.0.0.1")
+    with pytest.raises(RateLimited) as info:
+        live.open("c", {"format": "pcm16"}, GUEST, client="ip:10.0.0.1")
+    assert info.value.code == "too_many_client_sessions"
+    live.open("d", {"format": "pcm16"}, GUEST, client="ip:10.0.0.2")
+    user = Principal(user_id=7, username="u", role="user")
+    live.open("e", {"format": "pcm16"}, user)
+    live.open("f", {"format": "pcm16"}, user)
+    with pytest.raises(RateLimited):
+        live.open("g", {"format": "pcm16"}, user)
+
+
+def test_a_reconnecting_client_is_not_refused_while_its_old_session_finishes(tmp_path):
+    """The browser's reconnect: the old connection's session is still finishing when the new one starts."""
+    live = make_env(Settings(data_dir=tmp_path, live_max_sessions=10, live_resume_seconds=30)).live
+    assert Settings().live_max_sessions_per_client >= 8
+    old = live.open("old", {"format": "pcm16"}, GUEST, client="ip:1", emit=Recorder())
+    live.stop("old")  # finishing
+    fresh = live.open("new", {"format": "pcm16"}, GUEST, client="ip:1", emit=Recorder())
+    assert fresh is not old
+    fresh.running = True  # its loop runs (as under the web layer), so close detaches it
+    live.close("new")  # dropped again: detached, waits for its resume
+    resumed = live.open("newer", {"format": "pcm16", "resume": fresh.resume_token}, GUEST, Recorder(),
+                        client="ip:1")
+    assert resumed is fresh and resumed.resumed
+
+
+def test_a_resume_takes_no_new_slot(tmp_path):
+    live = make_env(Settings(data_dir=tmp_path, live_max_sessions=1, live_resume_seconds=30)).live
+    session = live.open("old", {"format": "pcm16"}, GUEST, Recorder())
+    session.running = True  # its loop runs (as under the web layer), so close detaches it
+    live.close("old")
+    resumed = live.open("new", {"format": "pcm16", "resume": session.resume_token}, GUEST, Recorder())
+    assert resumed is session
+
+
+def test_a_session_without_audio_is_stopped_after_the_idle_timeout(tmp_path):
+    now = [0.0]
+    e = make_env(Settings(data_dir=tmp_path, live_idle_timeout=5), clock=lambda: now[0])
+    session = e.live.open("sid", {"format": "pcm16"}, GUEST)
+    session.feed(pcm16(speech([1, 2], tail_silence=1.0)))
+    rec = Recorder()
+
+    def sleep(_seconds: float) -> None:
+        now[0] += 1.0
+
+    summary = session.run(rec, sleep)
+    assert [p["code"] for p in rec.named("transcription_error")] == ["idle_timeout"]
+    assert rec.events[-1][0] == "recording_stopped" and summary.reason == "idle"
+    assert summary.text == "w1 w2" and e.live.count() == 0
+    assert 5.0 <= now[0] < 7.0
+
+
+def test_a_legacy_recording_counts_as_a_session(tmp_path):
+    e = make_env(Settings(data_dir=tmp_path, live_max_sessions=1))
+    buf = io.BytesIO()
+    sf.write(buf, speech([4, 2]), SR, format="WAV", subtype="PCM_16")
+    chunk = e.live.admit_chunk("x", {"audio_data": buf.getvalue()})
+    e.live.open("sid", {"format": "pcm16"}, GUEST)
+    with pytest.raises(RateLimited):
+        e.live.transcribe_recording(chunk, GUEST)
+    e.live.close("sid")
+    assert e.live.transcribe_recording(chunk, GUEST).transcript.text == "w4 w2"
+    assert e.live.open("sid2", {"format": "pcm16"}, GUEST) is not None  # the recording's slot was released

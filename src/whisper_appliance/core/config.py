@@ -87,7 +87,12 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("ASYNC_MODE", "eventlet", "eventlet or threading."),
     Variable("RESULT_CACHE", "true", "Return the stored result for identical audio, model and options."),
     Variable("HISTORY_RETENTION_DAYS", "0", "Delete history older than this many days; 0 keeps forever."),
-    Variable("LIVE_MAX_SESSIONS", "8", "Concurrent live dictation sessions."),
+    Variable("LIVE_MAX_SESSIONS", "8", "Concurrent live dictation sessions (stopped ones count until they have "
+                                       "finished; a whole-recording audio_chunk counts while it runs)."),
+    Variable("LIVE_MAX_SESSIONS_PER_CLIENT", "8", "Concurrent live sessions of one client (its account, or its IP "
+                                                  "address when anonymous)."),
+    Variable("LIVE_IDLE_TIMEOUT", "300", "A live session that receives no audio for this many seconds is stopped; "
+                                         "0 never."),
     Variable("LIVE_MAX_CHUNK_SIZE", "1MB", "Largest single live audio chunk."),
     Variable("LIVE_MAX_SESSION_SECONDS", "3600", "Longest live session, in seconds of audio."),
     Variable("LIVE_MAX_CHUNKS_PER_SECOND", "20", "Chunks per second accepted per connection."),
@@ -125,6 +130,8 @@ class Settings:
     result_cache: bool = True
     history_retention_days: int = 0
     live_max_sessions: int = 8
+    live_max_sessions_per_client: int = 8
+    live_idle_timeout: int = 300
     live_max_chunk_size: int = 1024 ** 2
     live_max_session_seconds: int = 3600
     live_max_chunks_per_second: int = 20
@@ -166,10 +173,11 @@ class Settings:
             port = getattr(self, name)
             if not 0 <= port <= 65535:
                 problems.append(f"{name.upper()}={port}: not a TCP port")
-        for name in ("cpu_threads", "inference_workers", "history_retention_days", "live_resume_seconds"):
+        for name in ("cpu_threads", "inference_workers", "history_retention_days", "live_resume_seconds",
+                     "live_idle_timeout"):
             if getattr(self, name) < 0:
                 problems.append(f"{name.upper()} must be 0 or more")
-        for name in ("max_upload_size", "live_max_sessions", "live_max_chunk_size", "live_max_session_seconds",
+        for name in ("max_upload_size", "live_max_sessions", "live_max_sessions_per_client", "live_max_chunk_size", "live_max_session_seconds",
                      "live_max_chunks_per_second"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name.upper()} must be greater than 0")
@@ -190,7 +198,8 @@ class Settings:
 
 
 _INTS = {"cpu_threads", "inference_workers", "https_port", "http_port", "history_retention_days", "live_max_sessions",
-         "live_max_session_seconds", "live_max_chunks_per_second", "live_resume_seconds"}
+         "live_max_sessions_per_client", "live_idle_timeout", "live_max_session_seconds", "live_max_chunks_per_second",
+         "live_resume_seconds"}
 _BOOLS = {"model_downloads", "http_redirect", "require_auth", "allow_registration", "result_cache"}
 _SIZES = {"max_upload_size", "live_max_chunk_size"}
 _DIRS = {"models_dir", "data_dir", "ssl_dir"}

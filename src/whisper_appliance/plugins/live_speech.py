@@ -23,7 +23,7 @@ from flask_socketio import Namespace, SocketIO
 
 from ..core.errors import ApplianceError, Forbidden
 from ..http import socket_principal
-from ..services.live import LiveSessions, parse_live_params
+from ..services.live import LiveSessions, client_key, parse_live_params
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,8 @@ class LiveSpeech(Namespace):
             socketio.emit(name, payload, to=sid, namespace=self.namespace)
 
         params = parse_live_params(data)
-        session = self.live.open(sid, params, socket_principal(), emit)
+        principal = socket_principal()
+        session = self.live.open(sid, params, principal, emit, client=client_key(principal, request.remote_addr))
         emit("recording_started", session.started_payload())
         if session.resumed:  # its loop runs on; the client gets the results it missed
             session.replay(params.received_until)
@@ -84,7 +85,8 @@ class LiveSpeech(Namespace):
         if not self.live.is_legacy(sid, chunk):
             raise ApplianceError("no recording is running on this connection; send start_recording first",
                                  code="not_recording", status=400)
-        result = self.live.transcribe_recording(chunk, socket_principal())
+        principal = socket_principal()
+        result = self.live.transcribe_recording(chunk, principal, client=client_key(principal, request.remote_addr))
         self._socketio.emit("transcription_result", {
             "session_id": None, "text": result.transcript.text, "start": 0.0,
             "end": round(result.transcript.duration, 3), "final": True, "language": result.transcript.language,

@@ -287,7 +287,7 @@ class LiveSummary:
     history_id: int | None
     language: str | None
     passes: int
-    reason: str                       # stopped | disconnected | limit | error
+    reason: str                       # stopped | disconnected | limit | idle | error
 
     def to_dict(self) -> dict[str, Any]:
         return {"session_id": self.session_id, "text": self.text, "duration": round(self.duration, 3),
@@ -303,8 +303,9 @@ class LiveSession:
     """
 
     def __init__(self, owner: LiveSessions, sid: str, params: LiveParams, model: str,
-                 policy: StreamingPolicy, source: AudioSource, principal: Principal) -> None:
+                 policy: StreamingPolicy, source: AudioSource, principal: Principal, client: str = "") -> None:
         self.id = uuid.uuid4().hex
+        self.client = client        # whom LIVE_MAX_SESSIONS_PER_CLIENT counts this session against
         self.resume_token = secrets.token_urlsafe(24)
         self.sid = sid
         self.principal = principal  # whose history the session is saved to
@@ -335,6 +336,7 @@ class LiveSession:
         self._language: str | None = params.language
         self.chunks = 0
         self.bytes = 0
+        self.last_audio_at = owner.now()  # LIVE_IDLE_TIMEOUT counts from here
 
     # -- called by the web layer -------------------------------------------------------------------------------
     def started_payload(self) -> dict[str, Any]:
@@ -365,6 +367,7 @@ class LiveSession:
             raise AudioDecodeError(exc.message, code="decode_failed") from exc
         self.chunks += 1
         self.bytes += len(data)
+        self.last_audio_at = self._owner.now()
 
     def attach(self, sid: str, emit: Emit) -> None:
         """Events go to connection ``sid`` from now on."""
@@ -392,6 +395,7 @@ class LiveSession:
             self.source = source
             self.params = replace(self.params, format=params.format, sample_rate=params.sample_rate)
             self.resumed = True
+        self.last_audio_at = self._owner.now()
         self.attach(sid, emit)
         log.info("live session %s resumed on %s (%s) at %.2f s of audio", self.id, sid[:8], params.format,
                  self.policy.audio_seconds)
@@ -475,6 +479,12 @@ class LiveSession:
                      settings.live_resume_seconds)
             self.request_stop(flush=True, notify=False, reason="disconnected")
             return None
+        idle = settings.live_idle_timeout
+        if self.detached_since is None and idle > 0 and now - self.last_audio_at >= idle:
+            log.info("live session %s received no audio for %d s (LIVE_IDLE_TIMEOUT)", self.id, idle)
+            self.request_stop(flush=True, reason="idle")
+            return ApplianceError(f"no audio arrived for {idle} s (LIVE_IDLE_TIMEOUT); the live session was "
+                                  "stopped", code="idle_timeout", status=408)
         elapsed = max(self.policy.audio_seconds, time.monotonic() - self.started_at)
         if elapsed >= settings.live_max_session_seconds:
             self.request_stop(flush=True, reason="limit")
@@ -590,6 +600,13 @@ class LiveSession:
         return self._compute_seconds
 
 
+def client_key(principal: Principal, address: str | None) -> str:
+    """Whom per-client session limits count against: the account when authenticated, else the IP address."""
+    if principal.user_id is not None:
+        return f"user:{principal.user_id}"
+    return f"ip:{address or 'unknown'}"
+
+
 PolicyFactory = Callable[[LiveParams], StreamingPolicy]
 SourceFactory = Callable[[LiveParams], AudioSource]
 
@@ -622,6 +639,10 @@ class LiveSessions:
         self._active: dict[str, LiveSession] = {}      # sid -> the session receiving audio
         self._finishing: set[LiveSession] = set()      # stopped, still flushing/saving
         self._detached: dict[str, LiveSession] = {}    # resume token -> a session whose connection dropped
+        # Slots taken by something other than a registered session: a start still creating its decoder (sid ->
+        # client) and legacy whole-recording transcriptions in progress (one client entry each).
+        self._starting: dict[str, str] = {}
+        self._recordings: list[str] = []
         self._clock = clock
         self.rate = ChunkRateLimiter(settings.live_max_chunks_per_second, clock)
         # While anyone dictates, uploads and jobs leave a lane of the scheduler to the live passes.
@@ -629,11 +650,13 @@ class LiveSessions:
 
     # -- registry ----------------------------------------------------------------------------------------------
     def open(self, sid: str, params: LiveParams | dict[str, Any] | None, principal: Principal,
-             emit: Emit | None = None) -> LiveSession:
+             emit: Emit | None = None, *, client: str | None = None) -> LiveSession:
         """Start ``principal``'s session for connection ``sid``, or resume the one ``params.resume`` names (if it
         is ``principal``'s; ``session.resumed`` says which): 409 when ``sid`` already records, 429 beyond
-        LIVE_MAX_SESSIONS. A resume token that is unknown, expired or someone else's starts a new session.
-        ``emit`` sends to ``sid`` (a resumed session's loop is running)."""
+        LIVE_MAX_SESSIONS or LIVE_MAX_SESSIONS_PER_CLIENT (``client``: see ``client_key``; by default the
+        principal). A resume token that is unknown, expired or someone else's starts a new session; a resume
+        takes no new slot. ``emit`` sends to ``sid`` (a resumed session's loop is running)."""
+        client = client if client is not None else client_key(principal, None)
         if not isinstance(params, LiveParams):
             params = parse_live_params(params)
         if params.resume:
@@ -648,24 +671,24 @@ class LiveSessions:
             if sid in self._active:
                 raise Conflict("a recording is already running on this connection; send stop_recording first",
                                code="already_recording")
-            running = len(self._active) + len(self._detached)
-            if running >= self.settings.live_max_sessions:
-                raise RateLimited(f"the server already runs {running} live sessions "
-                                  "(LIVE_MAX_SESSIONS); try again later", code="too_many_sessions")
+            self._check_slot_locked(client)
             # Reserve the slot before the slow part (starting ffmpeg), so two starts cannot both pass the check.
             self._active[sid] = None  # type: ignore[assignment]
+            self._starting[sid] = client
         try:
             policy = self._policy_factory(params)
             source = self._source_factory(params)
         except BaseException:
             with self._lock:
                 self._active.pop(sid, None)
+                self._starting.pop(sid, None)
             raise
-        session = LiveSession(self, sid, params, status.name, policy, source, principal)
+        session = LiveSession(self, sid, params, status.name, policy, source, principal, client)
         if emit is not None:
             session.attach(sid, emit)
         with self._lock:
             self._active[sid] = session
+            self._starting.pop(sid, None)
         log.info("live session %s started (%s, language %s, model %s)", session.id, params.format,
                  params.language or "auto", status.name)
         self._publish_count()
@@ -700,6 +723,22 @@ class LiveSessions:
             raise
         session.resume(sid, params, source, emit or (lambda name, data: None))
         return session
+
+    def _check_slot_locked(self, client: str) -> None:
+        """429 unless one more session fits. Every session counts until its decoder and loop are gone:
+        receiving, stopped but still flushing and saving, detached, starting, or a legacy recording."""
+        sessions = ([s for s in self._active.values() if s is not None] + list(self._finishing)
+                    + list(self._detached.values()))
+        unique = {id(s): s for s in sessions}.values()
+        clients = [s.client for s in unique] + list(self._starting.values()) + self._recordings
+        if len(clients) >= self.settings.live_max_sessions:
+            raise RateLimited(f"the server already runs {len(clients)} live sessions "
+                              "(LIVE_MAX_SESSIONS); try again later", code="too_many_sessions")
+        mine = clients.count(client)
+        if mine >= self.settings.live_max_sessions_per_client:
+            raise RateLimited(f"this client already runs {mine} live sessions "
+                              "(LIVE_MAX_SESSIONS_PER_CLIENT); stop one or try again later",
+                              code="too_many_client_sessions")
 
     def get(self, sid: str) -> LiveSession | None:
         with self._lock:
@@ -804,12 +843,25 @@ class LiveSessions:
         return result.history_id
 
     # -- the legacy whole-recording path -----------------------------------------------------------------------
-    def transcribe_recording(self, chunk: Chunk, principal: Principal) -> TranscriptionResult:
+    def transcribe_recording(self, chunk: Chunk, principal: Principal, *,
+                             client: str | None = None) -> TranscriptionResult:
         """One message holding a whole recording (webm, wav, ...): decode, transcribe now, save as ``live`` in
-        ``principal``'s history."""
+        ``principal``'s history. It holds a session slot while it runs (429 as ``open``)."""
         options = parse_options(chunk.legacy_options, TranscribeOptions(beam_size=5))
         status = self.transcription.ready_model()
         check_language_for_model(options, status.name)
+        client = client if client is not None else client_key(principal, None)
+        with self._lock:
+            self._check_slot_locked(client)
+            self._recordings.append(client)
+        try:
+            return self._transcribe_recording(chunk, principal, options)
+        finally:
+            with self._lock:
+                self._recordings.remove(client)
+
+    def _transcribe_recording(self, chunk: Chunk, principal: Principal,
+                              options: TranscribeOptions) -> TranscriptionResult:
         tmp_dir = str(self.transcription.tmp_dir)
         self.transcription.tmp_dir.mkdir(parents=True, exist_ok=True)
         audio = concurrency.wait_blocking(decode_audio, chunk.data, tmp_dir=tmp_dir)
