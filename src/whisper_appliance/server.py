@@ -39,6 +39,13 @@ def redirect_app(https_port: int) -> Callable[..., Iterable[bytes]]:
     return app
 
 
+def connection_limits(settings: Settings) -> concurrency.ConnectionLimits:
+    return concurrency.ConnectionLimits(socket_timeout=settings.socket_timeout,
+                                        keepalive_timeout=settings.keepalive_timeout,
+                                        max_connections=settings.max_connections,
+                                        max_per_ip=settings.max_connections_per_ip)
+
+
 def serve(settings: Settings) -> None:
     if settings.async_mode == "eventlet":
         concurrency.use_eventlet()
@@ -49,17 +56,19 @@ def serve(settings: Settings) -> None:
 
     app = create_app(settings)
     socketio = socketio_of(app)
+    limits = connection_limits(settings)
     redirect = None
     if settings.http_redirect:
         redirect = concurrency.start_wsgi_listener(redirect_app(settings.https_port), settings.host,
-                                                   settings.http_port, name="http-redirect")
+                                                   settings.http_port, name="http-redirect", limits=limits)
         log.info("HTTP on %s:%d redirects to HTTPS", settings.host, settings.http_port)
     log.info("Whisper Appliance listening on https://%s:%d (%s)", settings.host, settings.https_port,
              settings.async_mode)
     try:
         if settings.async_mode == "eventlet":
             socketio.run(app, host=settings.host, port=settings.https_port, certfile=str(cert.cert_path),
-                         keyfile=str(cert.key_path), log_output=False)
+                         keyfile=str(cert.key_path), log_output=False,
+                         **concurrency.eventlet_server_options(limits))
         else:
             socketio.run(app, host=settings.host, port=settings.https_port,
                          ssl_context=(str(cert.cert_path), str(cert.key_path)), allow_unsafe_werkzeug=True)

@@ -183,6 +183,28 @@ def test_oversized_upload_is_refused_before_the_body_is_read(start_server, tmp_p
     assert transcribe(s, srv, JFK).status_code == 200
 
 
+def test_idle_connections_are_capped_per_address_and_timed_out(start_server):
+    # Before: ~1,024 idle connections (never a byte sent) blocked accept and the server was unreachable.
+    cap = 5
+    srv = start_server(MAX_CONNECTIONS_PER_IP=str(cap), KEEPALIVE_TIMEOUT="8", SOCKET_TIMEOUT="8",
+                       HTTP_REDIRECT="false")
+    port = int(srv.base_url.rsplit(":", 1)[1])
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=60) for _ in range(cap)]
+    try:
+        # One more connection from the same address is closed at once: its TLS handshake cannot complete.
+        ctx = ssl.create_default_context(cafile=str(srv.cert_path))
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+            with pytest.raises((ssl.SSLError, ConnectionError)):
+                ctx.wrap_socket(raw, server_hostname="127.0.0.1").close()
+        # The idle ones are closed by the server after KEEPALIVE_TIMEOUT (recv sees the end, not our 60 s).
+        for conn in idle:
+            assert conn.recv(1) == b""
+    finally:
+        for conn in idle:
+            conn.close()
+    assert srv.session().get(srv.url("/health"), timeout=10).status_code == 200
+
+
 # -- the event loop never blocks ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def three_minute_file(tmp_path_factory) -> Path:

@@ -96,3 +96,12 @@ def test_inference_workers_auto_and_explicit(monkeypatch):
     assert Settings.from_env({"INFERENCE_WORKERS": "2"}).inference_workers == 2
     with pytest.raises(ConfigError):
         Settings.from_env({"INFERENCE_WORKERS": "-1"})
+
+
+def test_connection_limits_are_settings_that_must_be_positive():
+    settings = Settings.from_env({})
+    assert (settings.socket_timeout, settings.keepalive_timeout) == (60, 30)
+    assert (settings.max_connections, settings.max_connections_per_ip) == (1000, 128)
+    for env in ("SOCKET_TIMEOUT", "KEEPALIVE_TIMEOUT", "MAX_CONNECTIONS", "MAX_CONNECTIONS_PER_IP"):
+        with pytest.raises(ConfigError, match=env):
+            Settings.from_env({env: "0"})

@@ -12,7 +12,9 @@ impossible by construction.) So:
 * ``wait_blocking(fn)`` runs a call that blocks (on a lock, a subprocess, the disk) without stalling the event
   loop: ``eventlet.tpool`` when the server runs on eventlet, a plain call otherwise,
 * ``use_eventlet()`` is called once by the server entry point when ``ASYNC_MODE=eventlet``,
-* ``start_wsgi_listener`` runs a small extra WSGI app (the HTTP->HTTPS redirect) in the right way for the mode.
+* ``start_wsgi_listener`` runs a small extra WSGI app (the HTTP->HTTPS redirect) in the right way for the mode,
+* ``eventlet_server_options`` gives eventlet's WSGI server its connection limits: a socket timeout, a keep-alive
+  timeout, a deliberate green-thread pool and a per-IP connection cap (``ConnectionCounter``).
 
 With ``ASYNC_MODE=threading`` all of this is plain ``threading``.
 """
@@ -20,13 +22,18 @@ With ``ASYNC_MODE=threading`` all of this is plain ``threading``.
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 import threading as _threading_at_import
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 _eventlet_active = False
 
@@ -85,13 +92,95 @@ def cooperative_sleep(seconds: float) -> None:
         time.sleep(seconds)
 
 
-def start_wsgi_listener(app: Callable[..., Any], host: str, port: int, *, name: str) -> Any:
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """How the eventlet WSGI server treats client connections (Settings: SOCKET_TIMEOUT, KEEPALIVE_TIMEOUT,
+    MAX_CONNECTIONS, MAX_CONNECTIONS_PER_IP)."""
+
+    socket_timeout: float = 60.0   # a read or write that makes no progress for this long closes the connection
+    keepalive_timeout: float = 30.0  # an idle keep-alive (or never-used) connection waits this long for a request
+    max_connections: int = 1000    # green threads serving connections at once; more wait in the listen backlog
+    max_per_ip: int = 128          # connections one address may hold; more are closed at once
+
+
+class ConnectionCounter:
+    """Open connections per key (an IP address), refusing more than ``limit`` at once. Thread-safe."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = real_threading().Lock()
+        self._open: dict[str, int] = {}
+
+    def acquire(self, key: str) -> bool:
+        with self._lock:
+            count = self._open.get(key, 0)
+            if count >= self.limit:
+                return False
+            self._open[key] = count + 1
+            return True
+
+    def release(self, key: str) -> None:
+        with self._lock:
+            count = self._open.get(key, 0) - 1
+            if count > 0:
+                self._open[key] = count
+            else:
+                self._open.pop(key, None)
+
+    def count(self, key: str) -> int:
+        with self._lock:
+            return self._open.get(key, 0)
+
+
+def _limited_protocol(counter: ConnectionCounter) -> type:
+    """eventlet's HttpProtocol, serving a connection only while its address holds fewer than the cap."""
+    wsgi = importlib.import_module("eventlet.wsgi")
+    greenio = importlib.import_module("eventlet.greenio")
+    refused_at: dict[str, float] = {}
+
+    class LimitedHttpProtocol(wsgi.HttpProtocol):
+        def __init__(self, conn_state: list[Any], server: Any) -> None:
+            address = conn_state[0]
+            ip = str(address[0]) if isinstance(address, tuple) and address else str(address)
+            if not counter.acquire(ip):
+                now = time.monotonic()
+                if now - refused_at.get(ip, -60.0) >= 60.0:  # once a minute per address, not once per connection
+                    refused_at[ip] = now
+                    log.warning("connection from %s refused: it already holds %d (MAX_CONNECTIONS_PER_IP)",
+                                ip, counter.limit)
+                greenio.shutdown_safe(conn_state[1])
+                conn_state[1].close()
+                return
+            try:
+                super().__init__(conn_state, server)
+            finally:
+                counter.release(ip)
+
+    return LimitedHttpProtocol
+
+
+def eventlet_server_options(limits: ConnectionLimits) -> dict[str, Any]:
+    """Keyword arguments for ``eventlet.wsgi.server`` (and Flask-SocketIO's ``run``) that apply ``limits``.
+
+    A Socket.IO WebSocket stays open past the socket timeout because Engine.IO pings it every 25 s.
+    """
+    return {
+        "socket_timeout": limits.socket_timeout,
+        "keepalive": limits.keepalive_timeout,
+        "max_size": limits.max_connections,
+        "protocol": _limited_protocol(ConnectionCounter(limits.max_per_ip)),
+    }
+
+
+def start_wsgi_listener(app: Callable[..., Any], host: str, port: int, *, name: str,
+                        limits: ConnectionLimits | None = None) -> Any:
     """Serve ``app`` on plain HTTP in the background; returns an object with ``close()``."""
     if _eventlet_active:
         eventlet = importlib.import_module("eventlet")
         wsgi = importlib.import_module("eventlet.wsgi")
         sock = eventlet.listen((host, port))
-        green = eventlet.spawn(wsgi.server, sock, app, log_output=False)
+        green = eventlet.spawn(wsgi.server, sock, app, log_output=False,
+                               **eventlet_server_options(limits or ConnectionLimits()))
 
         class _Listener:
             def close(self) -> None:

@@ -72,6 +72,13 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("HTTPS_PORT", "5001", "HTTPS port."),
     Variable("HTTP_PORT", "5000", "Plain-HTTP port that redirects to HTTPS."),
     Variable("HTTP_REDIRECT", "true", "Run the HTTP->HTTPS redirect listener."),
+    Variable("SOCKET_TIMEOUT", "60", "Seconds a client connection may make no progress in a read or write before "
+                                     "it is closed (eventlet)."),
+    Variable("KEEPALIVE_TIMEOUT", "30", "Seconds an idle connection (kept alive, or opened and never used) waits for "
+                                        "its next request (eventlet)."),
+    Variable("MAX_CONNECTIONS", "1000", "Client connections served at once (eventlet); more wait to be accepted."),
+    Variable("MAX_CONNECTIONS_PER_IP", "128", "Connections one IP address may hold at once; more are closed "
+                                              "(eventlet)."),
     Variable("SSL_DIR", "ssl", "Where the self-signed certificate is generated."),
     Variable("SSL_CERT_PATH", "", "Your own certificate (PEM); used as is."),
     Variable("SSL_KEY_PATH", "", "Your own private key (PEM)."),
@@ -117,6 +124,10 @@ class Settings:
     https_port: int = 5001
     http_port: int = 5000
     http_redirect: bool = True
+    socket_timeout: int = 60
+    keepalive_timeout: int = 30
+    max_connections: int = 1000
+    max_connections_per_ip: int = 128
     ssl_dir: Path = PROJECT_ROOT / "ssl"
     ssl_cert_path: Path | None = None
     ssl_key_path: Path | None = None
@@ -177,8 +188,9 @@ class Settings:
                      "live_idle_timeout"):
             if getattr(self, name) < 0:
                 problems.append(f"{name.upper()} must be 0 or more")
-        for name in ("max_upload_size", "live_max_sessions", "live_max_sessions_per_client", "live_max_chunk_size", "live_max_session_seconds",
-                     "live_max_chunks_per_second"):
+        for name in ("max_upload_size", "live_max_sessions", "live_max_sessions_per_client", "live_max_chunk_size",
+                     "live_max_session_seconds", "live_max_chunks_per_second", "socket_timeout", "keepalive_timeout",
+                     "max_connections", "max_connections_per_ip"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name.upper()} must be greater than 0")
         if bool(self.ssl_cert_path) != bool(self.ssl_key_path):
@@ -199,7 +211,7 @@ class Settings:
 
 _INTS = {"cpu_threads", "inference_workers", "https_port", "http_port", "history_retention_days", "live_max_sessions",
          "live_max_sessions_per_client", "live_idle_timeout", "live_max_session_seconds", "live_max_chunks_per_second",
-         "live_resume_seconds"}
+         "live_resume_seconds", "socket_timeout", "keepalive_timeout", "max_connections", "max_connections_per_ip"}
 _BOOLS = {"model_downloads", "http_redirect", "require_auth", "allow_registration", "result_cache"}
 _SIZES = {"max_upload_size", "live_max_chunk_size"}
 _DIRS = {"models_dir", "data_dir", "ssl_dir"}
