@@ -405,6 +405,22 @@ def test_backup_and_restore(app, appliance, tmp_path):
     assert not list((tmp_path / "data" / "tmp").iterdir())
 
 
+def test_restore_of_a_crafted_backup_is_a_clear_400_and_keeps_the_data(app, appliance, tmp_path):
+    add_entry(appliance, "kept")
+    c = Client(app).login()
+    crafted = tmp_path / "crafted.db"
+    appliance.database.backup_to(crafted)
+    with sqlite3.connect(crafted) as conn:
+        conn.execute("CREATE TRIGGER spy AFTER INSERT ON history BEGIN UPDATE history SET text = 'owned'; END")
+    r = c.post("/api/admin/restore", data={"file": (io.BytesIO(crafted.read_bytes()), "b.db")},
+               content_type="multipart/form-data")
+    assert r.status_code == 400 and r.get_json()["error"]["code"] == "backup_schema_mismatch"
+    assert "trigger spy" in r.get_json()["error"]["message"]
+    add_entry(appliance, "after")
+    assert sorted(i["text"] for i in c.get("/api/history").get_json()["items"]) == ["after", "kept"]
+    assert not list((tmp_path / "data" / "tmp").iterdir())
+
+
 def wait_until(condition, timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while not condition():
