@@ -417,6 +417,26 @@ def test_duplicate_identity_includes_source_and_audio_hash(store):
     assert (result.imported, result.skipped_duplicates) == (3, 2)
 
 
+def test_csv_export_disarms_formulas_and_the_import_round_trips_them(store, db):
+    texts = ["=cmd|' /C calc'!A0", "+1", "-1", "@SUM(A1:A2)", "\tindented", "\rreturn", "'=quoted", "'tis", "plain"]
+    for text in texts:
+        store.add(text=text, source="upload", filename="=evil.wav")
+    exported = "".join(store.export_csv(SYSTEM))
+    rows = list(csv.DictReader(io.StringIO(exported, newline="")))
+    assert all(not row["text"].startswith(("=", "+", "-", "@", "\t", "\r")) for row in rows)
+    assert {row["filename"] for row in rows} == {"'=evil.wav"}
+
+    other = HistoryStore(Database(db.path.with_name("other.db")))
+    try:
+        result = other.import_entries(parse_import(exported.encode(), "csv"), owner_id=None)
+        assert result.imported == len(texts) and not result.errors
+        entries = [h.entry for h in other.search(SYSTEM, limit=50).items]
+        assert sorted(e.text for e in entries) == sorted(texts)
+        assert {e.filename for e in entries} == {"=evil.wav"}
+    finally:
+        other.db.close()
+
+
 def test_csv_import_reports_bad_cells_by_row(store):
     data = (b"text,created_at,source,duration,segments\r\n"
             b"ok,2025-01-01T00:00:00Z,upload,1.5,\r\n"

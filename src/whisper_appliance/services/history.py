@@ -39,6 +39,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from ..core.errors import InvalidInput, NotFound
+from ..core.formats import spreadsheet_cell, spreadsheet_value
 from ..core.identity import OwnerFilter, Principal
 from ..core.records import Segment, TranscribeOptions, Transcript
 from .database import (
@@ -348,7 +349,7 @@ def _csv_cell(value: Any) -> str:
         return ""
     if isinstance(value, (list, dict, tuple)):
         return json.dumps(value, ensure_ascii=False, allow_nan=False)
-    return str(value)
+    return spreadsheet_cell(str(value))
 
 
 _CSV_NUMBERS = {"duration", "processing_seconds"}
@@ -362,6 +363,7 @@ def _from_csv_row(row: dict[str, str]) -> dict[str, Any]:
     for key, value in row.items():
         if key is None or value is None or value == "" and key != "text":
             continue
+        value = spreadsheet_value(value)  # a cell the export guarded against formulas
         if key in _CSV_NUMBERS:
             try:
                 item[key] = float(value)
