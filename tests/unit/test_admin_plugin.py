@@ -253,6 +253,19 @@ def test_delete_model(app, appliance, tmp_path):
 
 
 # -- history -----------------------------------------------------------------------------------------------------
+def test_history_search_refuses_hostile_queries_and_dates_with_400s(app, appliance):
+    add_entry(appliance, "the quarterly payment was late")
+    c = Client(app)
+    attack = "%20".join(f"{chr(ord('a') + i % 26)}*" for i in range(300))
+    r = c.get(f"/api/history?q={attack}")
+    assert r.status_code == 400 and r.get_json()["error"]["code"] == "query_too_complex"
+    for query in ("until=9999-12-31", "since=0000-01-01", "since=garbage", "until=0001-01-01T00:00:00%2B05:00"):
+        r = c.get(f"/api/history?{query}")
+        assert r.status_code == 400, (query, r.status_code)
+        assert r.get_json()["error"]["code"] == "invalid_date"
+    assert c.get("/api/history?q=pay*").get_json()["total"] == 1
+
+
 def test_history_search_filters_pages(app, appliance):
     add_entry(appliance, "the quarterly payment was late")
     add_entry(appliance, "lunch on friday", source="live", language="de")

@@ -350,6 +350,12 @@ def test_restore_of_an_old_version_backup_is_migrated(db, tmp_path):
     assert store.search(SYSTEM, "payment").items[0].entry.created_at == "2025-01-02T03:04:05.678Z"
 
 
+def test_the_full_text_index_has_prefix_indexes(db):
+    with db.read() as conn:
+        sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'history_fts'").fetchone()[0]
+    assert "prefix='1 2 3'" in sql
+
+
 def _crafted_backup(db: Database, tmp_path: Path, name: str, *sql: str) -> Path:
     """A real backup of ``db`` with ``sql`` run on it afterwards, as a hostile uploader could."""
     path = db.backup_to(tmp_path / name)

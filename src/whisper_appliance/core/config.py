@@ -87,6 +87,10 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("ASYNC_MODE", "eventlet", "eventlet or threading."),
     Variable("RESULT_CACHE", "true", "Return the stored result for identical audio, model and options."),
     Variable("HISTORY_RETENTION_DAYS", "0", "Delete history older than this many days; 0 keeps forever."),
+    Variable("HISTORY_MAX_TEXT_LENGTH", "1000000", "Longest text (characters) a history entry may hold, on every "
+                                                   "path that stores one (upload, live, import, edit)."),
+    Variable("SEARCH_TIMEOUT_MS", "10000", "A history search still running after this many milliseconds is "
+                                           "stopped (503 search_timeout)."),
     Variable("LIVE_MAX_SESSIONS", "8", "Concurrent live dictation sessions."),
     Variable("LIVE_MAX_CHUNK_SIZE", "1MB", "Largest single live audio chunk."),
     Variable("LIVE_MAX_SESSION_SECONDS", "3600", "Longest live session, in seconds of audio."),
@@ -124,6 +128,8 @@ class Settings:
     async_mode: str = "eventlet"
     result_cache: bool = True
     history_retention_days: int = 0
+    history_max_text_length: int = 1_000_000
+    search_timeout_ms: int = 10_000
     live_max_sessions: int = 8
     live_max_chunk_size: int = 1024 ** 2
     live_max_session_seconds: int = 3600
@@ -169,7 +175,7 @@ class Settings:
         for name in ("cpu_threads", "inference_workers", "history_retention_days", "live_resume_seconds"):
             if getattr(self, name) < 0:
                 problems.append(f"{name.upper()} must be 0 or more")
-        for name in ("max_upload_size", "live_max_sessions", "live_max_chunk_size", "live_max_session_seconds",
+        for name in ("max_upload_size", "history_max_text_length", "search_timeout_ms", "live_max_sessions", "live_max_chunk_size", "live_max_session_seconds",
                      "live_max_chunks_per_second"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name.upper()} must be greater than 0")
@@ -189,7 +195,8 @@ class Settings:
                 for f in fields(self) if f.name not in hidden}
 
 
-_INTS = {"cpu_threads", "inference_workers", "https_port", "http_port", "history_retention_days", "live_max_sessions",
+_INTS = {"cpu_threads", "inference_workers", "https_port", "http_port", "history_retention_days",
+         "history_max_text_length", "search_timeout_ms", "live_max_sessions",
          "live_max_session_seconds", "live_max_chunks_per_second", "live_resume_seconds"}
 _BOOLS = {"model_downloads", "http_redirect", "require_auth", "allow_registration", "result_cache"}
 _SIZES = {"max_upload_size", "live_max_chunk_size"}

@@ -74,7 +74,8 @@ class Appliance:
         models = models or ModelManager(settings)
         scheduler = InferenceScheduler(models, lanes=resolve_workers(settings.inference_workers))
         database = Database(settings.data_dir / "appliance.db")
-        history = HistoryStore(database)
+        history = HistoryStore(database, search_timeout_ms=settings.search_timeout_ms,
+                               max_text_length=settings.history_max_text_length)
         job_store = JobStore(database)
         auth_file = AuthFile(settings.data_dir)
         accounts = Accounts(database, auth_file, admin_password=settings.admin_password, api_keys=settings.api_keys,

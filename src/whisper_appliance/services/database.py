@@ -67,7 +67,10 @@ def parse_timestamp(text: str) -> datetime:
     moment = datetime.fromisoformat(text.strip())
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 lies before year 1 in UTC
+        raise ValueError(f"{text!r} is out of range") from None
 
 
 def normalize_timestamp(text: str) -> str:
@@ -193,6 +196,17 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX history_owner ON history(owner_id, created_at);
         ALTER TABLE jobs ADD COLUMN owner_id INTEGER REFERENCES users(id);
         CREATE INDEX jobs_owner ON jobs(owner_id, created_at);
+    """),
+    Migration("prefix indexes for full-text search (fast 'pay*' queries)", """
+        -- FTS5 options are fixed at creation: rebuild the index with prefix indexes of 1 to 3 characters, so a
+        -- prefix term reads one index entry instead of walking every term with that beginning. The triggers on
+        -- history name the table and keep working.
+        DROP TABLE history_fts;
+        CREATE VIRTUAL TABLE history_fts USING fts5(
+            text, filename, content='history', content_rowid='id',
+            tokenize='unicode61 remove_diacritics 2', prefix='1 2 3'
+        );
+        INSERT INTO history_fts(history_fts) VALUES ('rebuild');
     """),
 )
 
