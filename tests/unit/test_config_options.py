@@ -96,3 +96,12 @@ def test_inference_workers_auto_and_explicit(monkeypatch):
     assert Settings.from_env({"INFERENCE_WORKERS": "2"}).inference_workers == 2
     with pytest.raises(ConfigError):
         Settings.from_env({"INFERENCE_WORKERS": "-1"})
+
+
+def test_history_text_and_search_limits_are_generous_settings_that_must_be_positive():
+    settings = Settings.from_env({})
+    assert (settings.history_max_text_length, settings.search_timeout_ms) == (1_000_000, 10_000)
+    assert Settings.from_env({"HISTORY_MAX_TEXT_LENGTH": "500", "SEARCH_TIMEOUT_MS": "250"}).search_timeout_ms == 250
+    for name in ("HISTORY_MAX_TEXT_LENGTH", "SEARCH_TIMEOUT_MS"):
+        with pytest.raises(ConfigError, match=name):
+            Settings.from_env({name: "0"})

@@ -253,10 +253,19 @@ def _json_text(name: str, value: Any) -> str:
         raise InvalidInput(f"{name} is not JSON-serialisable: {exc}") from None
 
 
-def _row_values(new: NewEntry) -> dict[str, Any]:
-    """Validate a NewEntry and turn it into column values."""
-    if not isinstance(new.text, str):
+def _check_text(text: Any, max_length: int) -> str:
+    """A history text: a string of at most ``max_length`` characters (HISTORY_MAX_TEXT_LENGTH), else 413."""
+    if not isinstance(text, str):
         raise InvalidInput("text must be a string")
+    if len(text) > max_length:
+        raise InvalidInput(f"the text has {len(text):,} characters; a history entry holds at most {max_length:,}",
+                           code="text_too_long", status=413)
+    return text
+
+
+def _row_values(new: NewEntry, max_text_length: int = DEFAULT_MAX_TEXT_LENGTH) -> dict[str, Any]:
+    """Validate a NewEntry and turn it into column values."""
+    _check_text(new.text, max_text_length)
     if new.source not in SOURCES:
         raise InvalidInput(f"source {new.source!r} is not one of {', '.join(SOURCES)}")
     if new.created_at is None:
@@ -485,7 +494,7 @@ class HistoryStore:
             entry = NewEntry(**values)
         elif values:
             raise TypeError("pass a NewEntry or keyword fields, not both")
-        row = _row_values(entry)
+        row = _row_values(entry, self.max_text_length)
         with self.db.write() as conn:
             new_id = _insert(conn, row)
             return self._get(conn, new_id)
@@ -506,9 +515,7 @@ class HistoryStore:
         the corrected text over the time the old ones spanned (which words moved where is not known). The entry
         is marked edited, so it is never served as the cached result of its audio again.
         """
-        if not isinstance(text, str):
-            raise InvalidInput("text must be a string")
-        text = text.translate(_MARKERS)
+        text = _check_text(text, self.max_text_length).translate(_MARKERS)
         with self.db.write() as conn:
             current = self._get(conn, entry_id, viewer)
             segments: list[dict[str, Any]] = []
@@ -740,7 +747,7 @@ class HistoryStore:
 
         for number, item in enumerate(items, 1):
             try:
-                batch.append({**_row_values(NewEntry.from_dict(item)), "owner_id": owner_id})
+                batch.append({**_row_values(NewEntry.from_dict(item), self.max_text_length), "owner_id": owner_id})
             except InvalidInput as exc:
                 errors.append(f"row {number}: {exc.message}")
             except TypeError as exc:
