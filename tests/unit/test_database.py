@@ -398,6 +398,17 @@ def test_restore_refuses_tables_with_the_right_names_but_wrong_columns(db, tmp_p
     assert _live_texts(db) == ["keep me"]
 
 
+def test_restore_refuses_rows_the_appliance_could_not_read(db, tmp_path):
+    HistoryStore(db).add(text="keep me", source="upload")
+    for name, sql in (("json.db", "UPDATE history SET segments = '[not json'"),
+                      ("type.db", "UPDATE history SET text = x'00ff'")):
+        crafted = _crafted_backup(db, tmp_path, name, sql)
+        with pytest.raises(InvalidInput) as caught:
+            db.restore_from(crafted)
+        assert caught.value.code == "backup_invalid_rows"
+    assert _live_texts(db) == ["keep me"]
+
+
 def test_restore_that_fails_migration_is_never_swapped_in(db, tmp_path, monkeypatch):
     import whisper_appliance.services.database as database
 

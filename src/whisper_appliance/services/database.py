@@ -573,6 +573,15 @@ def _check_candidate(conn: sqlite3.Connection, name: str) -> None:
         changed = sorted(f"{kind} {obj}" for kind, obj, _, _ in expected - found)
         raise InvalidInput(f"{name} does not have this appliance's schema (unexpected: {', '.join(extra) or 'none'}; "
                            f"missing or different: {', '.join(changed) or 'none'})", code="backup_schema_mismatch")
+    # Rows the code would fail to read: JSON columns that do not parse, text columns holding other types.
+    checks = [("history", "typeof(text) != 'text' OR typeof(created_at) != 'text' "
+                          "OR NOT json_valid(segments) OR NOT json_valid(metadata)")]
+    if "jobs" in expected_tables(version):
+        checks.append(("jobs", "typeof(id) != 'text' OR NOT json_valid(options)"))
+    for table, condition in checks:
+        bad = conn.execute(f"SELECT count(*) FROM {table} WHERE {condition}").fetchone()[0]
+        if bad:
+            raise InvalidInput(f"{name} has {bad} unreadable row(s) in {table}", code="backup_invalid_rows")
 
 
 def _sanitize_job_paths(conn: sqlite3.Connection, jobs_dir: Path) -> None:
