@@ -320,3 +320,35 @@ def test_restore(start_server, tmp_path):
     assert sorted((i["created_at"], i["text"]) for i in restored) == sorted(
         (i["created_at"].replace("Z", ".000Z"), i["text"]) for i in items)
     assert not [p.name for p in (srv.data_dir / "tmp").glob("restore-*")]
+
+
+def test_restore_of_crafted_backups_keeps_the_data_and_never_deletes_files_outside(start_server, tmp_path):
+    srv = fresh_server(start_server)
+    admin = login(srv)
+    assert admin.post(srv.url("/api/history/import"), params={"owner": "guest"}, timeout=30,
+                      json=[{"text": "live data", "created_at": "2024-02-01T12:00:00Z"}]).json()["imported"] == 1
+    backup = tmp_path / "backup.db"
+    backup.write_bytes(admin.get(srv.url("/api/admin/backup"), timeout=60).content)
+    victim = tmp_path / "passwd"
+    victim.write_text("root:x:0:0\n")
+    with sqlite3.connect(backup) as conn:  # a finished job whose upload path names a file elsewhere
+        conn.execute("INSERT INTO jobs (id, created_at, updated_at, status, filename, upload_path, options) VALUES "
+                     "('evil', '2024-01-01T00:00:00.000Z', '2024-01-01T00:00:00.000Z', 'failed', 'x.wav', ?, '{}')",
+                     (str(victim),))
+    with_trigger = tmp_path / "trigger.db"
+    with_trigger.write_bytes(backup.read_bytes())
+    with sqlite3.connect(with_trigger) as conn:
+        conn.execute("CREATE TRIGGER wipe AFTER INSERT ON history BEGIN DELETE FROM history; END")
+
+    r = upload_file(admin, srv, "/api/admin/restore", with_trigger.read_bytes(), "trigger.db")
+    assert r.status_code == 400 and r.json()["error"]["code"] == "backup_schema_mismatch", r.text
+    assert [i["text"] for i in search(admin, srv)["items"]] == ["live data"]
+
+    r = upload_file(admin, srv, "/api/admin/restore", backup.read_bytes(), "backup.db")
+    assert r.status_code == 200, r.text
+    assert admin.delete(srv.url("/api/jobs/evil"), timeout=10).status_code == 200
+    assert victim.read_text() == "root:x:0:0\n"
+    assert admin.post(srv.url("/api/history/import"), params={"owner": "guest"}, timeout=30,
+                      json=[{"text": "after", "created_at": "2024-02-02T12:00:00Z"}]).json()["imported"] == 1
+    assert search(admin, srv)["total"] == 2
+    assert len(list(srv.data_dir.glob("appliance.db.before-restore-*"))) == 1

@@ -17,7 +17,9 @@ import pytest
 
 from whisper_appliance import app as app_module
 from whisper_appliance.core.config import Settings
+from whisper_appliance.core.errors import ApplianceError
 from whisper_appliance.core.identity import SYSTEM
+from whisper_appliance.core.records import Segment, Transcript
 from whisper_appliance.http import limiter
 from whisper_appliance.services.appliance import Appliance
 from whisper_appliance.services.database import Database
@@ -253,6 +255,45 @@ def test_delete_model(app, appliance, tmp_path):
 
 
 # -- history -----------------------------------------------------------------------------------------------------
+def test_history_search_refuses_hostile_queries_and_dates_with_400s(app, appliance):
+    add_entry(appliance, "the quarterly payment was late")
+    c = Client(app)
+    attack = "%20".join(f"{chr(ord('a') + i % 26)}*" for i in range(300))
+    r = c.get(f"/api/history?q={attack}")
+    assert r.status_code == 400 and r.get_json()["error"]["code"] == "query_too_complex"
+    for query in ("until=9999-12-31", "since=0000-01-01", "since=garbage", "until=0001-01-01T00:00:00%2B05:00"):
+        r = c.get(f"/api/history?{query}")
+        assert r.status_code == 400, (query, r.status_code)
+        assert r.get_json()["error"]["code"] == "invalid_date"
+    assert c.get("/api/history?q=pay*").get_json()["total"] == 1
+
+
+def test_history_text_is_capped_on_every_path_that_stores_it(make_app):
+    app = make_app(history_max_text_length=20)
+    appliance = app.extensions["appliance"]
+    c = Client(app).login()
+    entry = add_entry(appliance, "short enough")
+    too_long = "x" * 21
+
+    r = c.patch(f"/api/history/{entry.id}", json={"text": too_long})  # edit
+    assert r.status_code == 413 and r.get_json()["error"]["code"] == "text_too_long"
+    assert c.patch(f"/api/history/{entry.id}", json={"text": "y" * 20}).status_code == 200
+
+    r = c.post("/api/history/import", json=[{"text": too_long, "created_at": "2024-01-01T00:00:00Z"},
+                                            {"text": "fits", "created_at": "2024-01-01T00:00:00Z"}])  # import
+    assert r.status_code == 200 and r.get_json()["imported"] == 1
+    assert "at most 20" in r.get_json()["errors"][0]
+
+    transcript = Transcript(text=too_long, segments=(Segment(0, 0.0, 1.0, too_long),), language="en",
+                            language_probability=1.0, duration=1.0)
+    for source in ("upload", "live"):  # what uploads, jobs and live sessions store through
+        with pytest.raises(ApplianceError) as caught:
+            appliance.transcription.record(transcript, None, source=source, filename=None, audio_sha256=None,
+                                           processing_seconds=0.1, owner_id=None)
+        assert caught.value.code == "text_too_long" and caught.value.status == 413
+    assert sorted(i["text"] for i in c.get("/api/history").get_json()["items"]) == ["fits", "y" * 20]
+
+
 def test_history_search_filters_pages(app, appliance):
     add_entry(appliance, "the quarterly payment was late")
     add_entry(appliance, "lunch on friday", source="live", language="de")
@@ -402,6 +443,22 @@ def test_backup_and_restore(app, appliance, tmp_path):
     assert r.status_code == 400 and r.get_json()["error"]["code"] == "missing_file"
     r = c.post("/api/admin/restore", data={"file": (io.BytesIO(b""), "b.db")}, content_type="multipart/form-data")
     assert r.status_code == 400 and r.get_json()["error"]["code"] == "empty_file"
+    assert not list((tmp_path / "data" / "tmp").iterdir())
+
+
+def test_restore_of_a_crafted_backup_is_a_clear_400_and_keeps_the_data(app, appliance, tmp_path):
+    add_entry(appliance, "kept")
+    c = Client(app).login()
+    crafted = tmp_path / "crafted.db"
+    appliance.database.backup_to(crafted)
+    with sqlite3.connect(crafted) as conn:
+        conn.execute("CREATE TRIGGER spy AFTER INSERT ON history BEGIN UPDATE history SET text = 'owned'; END")
+    r = c.post("/api/admin/restore", data={"file": (io.BytesIO(crafted.read_bytes()), "b.db")},
+               content_type="multipart/form-data")
+    assert r.status_code == 400 and r.get_json()["error"]["code"] == "backup_schema_mismatch"
+    assert "trigger spy" in r.get_json()["error"]["message"]
+    add_entry(appliance, "after")
+    assert sorted(i["text"] for i in c.get("/api/history").get_json()["items"]) == ["after", "kept"]
     assert not list((tmp_path / "data" / "tmp").iterdir())
 
 

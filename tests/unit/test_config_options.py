@@ -105,3 +105,12 @@ def test_connection_limits_are_settings_that_must_be_positive():
     for env in ("SOCKET_TIMEOUT", "KEEPALIVE_TIMEOUT", "MAX_CONNECTIONS", "MAX_CONNECTIONS_PER_IP"):
         with pytest.raises(ConfigError, match=env):
             Settings.from_env({env: "0"})
+
+
+def test_history_text_and_search_limits_are_generous_settings_that_must_be_positive():
+    settings = Settings.from_env({})
+    assert (settings.history_max_text_length, settings.search_timeout_ms) == (1_000_000, 10_000)
+    assert Settings.from_env({"HISTORY_MAX_TEXT_LENGTH": "500", "SEARCH_TIMEOUT_MS": "250"}).search_timeout_ms == 250
+    for name in ("HISTORY_MAX_TEXT_LENGTH", "SEARCH_TIMEOUT_MS"):
+        with pytest.raises(ConfigError, match=name):
+            Settings.from_env({name: "0"})

@@ -350,6 +350,144 @@ def test_restore_of_an_old_version_backup_is_migrated(db, tmp_path):
     assert store.search(SYSTEM, "payment").items[0].entry.created_at == "2025-01-02T03:04:05.678Z"
 
 
+def test_the_full_text_index_has_prefix_indexes(db):
+    with db.read() as conn:
+        sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'history_fts'").fetchone()[0]
+    assert "prefix='1 2 3'" in sql
+
+
+def _crafted_backup(db: Database, tmp_path: Path, name: str, *sql: str) -> Path:
+    """A real backup of ``db`` with ``sql`` run on it afterwards, as a hostile uploader could."""
+    path = db.backup_to(tmp_path / name)
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        for statement in sql:
+            conn.execute(statement)
+    finally:
+        conn.close()
+    return path
+
+
+def _live_texts(db: Database) -> list[str]:
+    return [h.entry.text for h in HistoryStore(db).search(SYSTEM).items]
+
+
+def test_restore_refuses_a_backup_carrying_a_trigger_and_keeps_the_old_data(db, tmp_path):
+    store = HistoryStore(db)
+    store.add(text="keep me", source="upload")
+    crafted = _crafted_backup(db, tmp_path, "trigger.db",
+                              "CREATE TRIGGER wipe AFTER INSERT ON history BEGIN DELETE FROM history; END",
+                              "CREATE VIEW leak AS SELECT * FROM users")
+    with pytest.raises(InvalidInput, match="schema.*trigger wipe") as caught:
+        db.restore_from(crafted)
+    assert caught.value.code == "backup_schema_mismatch"
+    store.add(text="written after the refused restore", source="api")
+    assert sorted(_live_texts(db)) == ["keep me", "written after the refused restore"]
+    triggers = {r[0] for r in db._connection().execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+    assert "wipe" not in triggers
+    assert not list(db.path.parent.glob("*.before-restore*"))
+
+
+def test_restore_refuses_tables_with_the_right_names_but_wrong_columns(db, tmp_path):
+    HistoryStore(db).add(text="keep me", source="upload")
+    crafted = _crafted_backup(db, tmp_path, "columns.db", "ALTER TABLE jobs DROP COLUMN error",
+                              "ALTER TABLE history ADD COLUMN payload BLOB")
+    with pytest.raises(InvalidInput, match="schema") as caught:
+        db.restore_from(crafted)
+    assert caught.value.code == "backup_schema_mismatch" and caught.value.status == 400
+    assert _live_texts(db) == ["keep me"]
+
+
+def test_restore_refuses_rows_the_appliance_could_not_read(db, tmp_path):
+    HistoryStore(db).add(text="keep me", source="upload")
+    for name, sql in (("json.db", "UPDATE history SET segments = '[not json'"),
+                      ("type.db", "UPDATE history SET text = x'00ff'")):
+        crafted = _crafted_backup(db, tmp_path, name, sql)
+        with pytest.raises(InvalidInput) as caught:
+            db.restore_from(crafted)
+        assert caught.value.code == "backup_invalid_rows"
+    assert _live_texts(db) == ["keep me"]
+
+
+def test_restore_that_fails_migration_is_never_swapped_in(db, tmp_path, monkeypatch):
+    import whisper_appliance.services.database as database
+
+    HistoryStore(db).add(text="keep me", source="upload")
+    old_path = tmp_path / "old.db"
+    old = Database(old_path, migrate=False)
+    old.migrate(target=LATEST_VERSION - 1)
+    old.close()
+    broken = (*MIGRATIONS[:-1], database.Migration("a step that fails", "SELECT * FROM no_such_table"))
+    monkeypatch.setattr(database, "MIGRATIONS", broken)
+
+    with pytest.raises(InvalidInput, match="could not be migrated") as caught:
+        db.restore_from(old_path)
+
+    assert caught.value.code == "backup_migration_failed"
+    assert _live_texts(db) == ["keep me"] and db.version == LATEST_VERSION
+    db.close()
+    reopened = Database(db.path)  # the server can start again on the data it kept
+    try:
+        assert _live_texts(reopened) == ["keep me"]
+    finally:
+        reopened.close()
+
+
+def test_restored_job_paths_never_point_outside_the_jobs_directory(db, tmp_path):
+    from whisper_appliance.services.job_store import JobStore
+    from whisper_appliance.services.jobs import remove_upload
+
+    victim = tmp_path / "passwd"
+    victim.write_text("root:x:0:0\n")
+    jobs = tmp_path / "data" / "jobs"
+    jobs.mkdir()
+    store = JobStore(db)
+    outside = store.create("a.wav", str(victim))
+    inside = store.create("b.wav", "/elsewhere/" + "x.wav")
+    own = store.create("c.wav", str(jobs / "placeholder"))
+    with db.write() as conn:
+        conn.execute("UPDATE jobs SET upload_path = ? WHERE id = ?", (f"/old/data/jobs/{own.id}.wav", own.id))
+    backup = db.backup_to(tmp_path / "jobs.db")
+
+    db.restore_from(backup, jobs_dir=jobs)
+
+    paths = {job.id: job.upload_path for job in store.list(SYSTEM, None, 50, 0)}
+    assert paths[outside.id] is None and paths[inside.id] is None
+    assert paths[own.id] == str(jobs / f"{own.id}.wav")
+    remove_upload(str(victim), jobs)  # every unlink checks the directory
+    remove_upload(str(jobs / ".." / "passwd"), jobs)
+    assert victim.read_text() == "root:x:0:0\n"
+    mine = jobs / f"{own.id}.wav"
+    mine.write_bytes(b"RIFF")
+    remove_upload(str(mine), jobs)
+    assert not mine.exists()
+
+
+def test_each_restore_keeps_its_own_timestamped_copy_of_the_replaced_database(db, tmp_path):
+    store = HistoryStore(db)
+    store.add(text="first", source="upload")
+    backup = db.backup_to(tmp_path / "backup.db")
+    store.add(text="second", source="upload")
+    first = db.restore_from(backup)
+    store.add(text="third", source="upload")
+    second = db.restore_from(backup)
+    assert first != second and first.exists() and second.exists()
+    assert ".before-restore-" in first.name
+    counts = []
+    for saved in (first, second):
+        conn = sqlite3.connect(saved)
+        try:
+            counts.append(conn.execute("SELECT count(*) FROM history").fetchone()[0])
+        finally:
+            conn.close()
+    assert counts == [2, 2]
+
+
+def test_read_only_connections_run_with_trusted_schema_off(db):
+    with db.reader() as conn:
+        assert conn.execute("PRAGMA trusted_schema").fetchone()[0] == 0
+
+
 # --- durability -------------------------------------------------------------------------------------------------
 
 WRITER = textwrap.dedent("""

@@ -7,7 +7,14 @@ import json
 import pytest
 
 from whisper_appliance.core.errors import InvalidInput
-from whisper_appliance.core.formats import FORMATS, OutputFormat, format_timestamp, render
+from whisper_appliance.core.formats import (
+    FORMATS,
+    OutputFormat,
+    format_timestamp,
+    render,
+    spreadsheet_cell,
+    spreadsheet_value,
+)
 from whisper_appliance.core.records import Segment, Transcript, Word
 
 
@@ -66,6 +73,25 @@ def test_vtt():
         "00:00.000 --> 00:02.500\nHello world.\n\n"
         "00:02.500 --> 00:05.005\nHow are you?\n\n"
     )
+
+
+@pytest.mark.parametrize("text, cell", [
+    ("=HYPERLINK(\"http://evil\")", "'=HYPERLINK(\"http://evil\")"), ("+1+1", "'+1+1"), ("-2+3", "'-2+3"),
+    ("@SUM(A1)", "'@SUM(A1)"), ("\tcmd", "'\tcmd"), ("\rcmd", "'\rcmd"), ("'=already", "''=already"),
+    ("'tis", "''tis"), ("plain = text", "plain = text"), ("", ""), ("1+1", "1+1"),
+])
+def test_spreadsheet_cells_never_start_a_formula_and_round_trip(text, cell):
+    assert spreadsheet_cell(text) == cell
+    assert spreadsheet_value(cell) == text
+
+
+def test_spreadsheet_value_keeps_an_apostrophe_that_is_the_texts_own():
+    assert spreadsheet_value("'tis the season") == "'tis the season"
+
+
+def test_tsv_text_cannot_start_a_formula():
+    t = transcript(Segment(0, 0.0, 1.0, "=1+2"), Segment(1, 1.0, 2.0, " -minus"))
+    assert render(t, "tsv") == "start\tend\ttext\n0\t1000\t'=1+2\n1000\t2000\t'-minus\n"
 
 
 def test_tsv():

@@ -11,12 +11,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from whisper_appliance.core.errors import InvalidInput, NotFound
+from whisper_appliance.core.concurrency import real_threading
+from whisper_appliance.core.errors import ApplianceError, InvalidInput, NotFound
 from whisper_appliance.core.identity import SYSTEM
 from whisper_appliance.core.records import Segment, TranscribeOptions, Transcript, Word
 from whisper_appliance.services.database import Database, format_timestamp
 from whisper_appliance.services.history import (
     ENTRY_FIELDS,
+    MAX_PREFIX_TERMS,
+    MAX_QUERY_TERMS,
     SNIPPET_END,
     SNIPPET_START,
     HistoryStore,
@@ -236,6 +239,73 @@ def test_filters(store):
             store.search(SYSTEM, **bad)
 
 
+def test_the_many_prefix_terms_attack_is_refused_with_a_clear_code(store):
+    store.add(text="alpha beta gamma", source="api")
+    attack = " ".join(f"{chr(ord('a') + i % 26)}*" for i in range(300))
+    with pytest.raises(InvalidInput) as caught:
+        store.search(SYSTEM, attack)
+    assert caught.value.code == "query_too_complex" and caught.value.status == 400
+    with pytest.raises(InvalidInput, match="prefix terms"):
+        store.search(SYSTEM, " ".join(["a*"] * (MAX_PREFIX_TERMS + 1)))
+    with pytest.raises(InvalidInput, match="terms"):
+        store.search(SYSTEM, " ".join(["alpha"] * (MAX_QUERY_TERMS + 1)))
+    for too_long in ("x" * 1001, "y" * 101):
+        with pytest.raises(InvalidInput) as caught:
+            store.search(SYSTEM, too_long)
+        assert caught.value.code == "query_too_long"
+    # At the caps a search still answers, one-letter prefixes included (served by the FTS prefix index).
+    assert store.search(SYSTEM, " ".join(["a*"] + ["b*"] * (MAX_PREFIX_TERMS - 1))).total == 1
+    assert store.search(SYSTEM, " ".join(["alpha"] * MAX_QUERY_TERMS)).total == 1
+
+
+@pytest.mark.parametrize("params", [
+    {"until": "9999-12-31"}, {"until": "9999-12-31T23:59:59.9999Z"}, {"since": "0000-01-01"},
+    {"since": "0001-01-01T00:00:00+01:00"}, {"until": "0001-01-01T00:00:00+05:00"}, {"since": "garbage"},
+    {"until": "2026-02-30"}, {"since": "99999-01-01"}, {"since": ""},
+])
+def test_every_out_of_range_date_is_a_400(store, params):
+    with pytest.raises(InvalidInput) as caught:
+        store.search(SYSTEM, **params)
+    assert caught.value.status == 400
+
+
+def test_a_search_past_its_deadline_is_stopped_with_a_503(db):
+    with db.write() as conn:
+        conn.executemany("INSERT INTO history (created_at, source, text) VALUES (?, 'api', ?)",
+                         [("2026-01-01T00:00:00.000Z", f"word{i} common text") for i in range(2000)])
+    expired = HistoryStore(db, search_timeout_ms=0)  # expired before the first check: no clock race
+    with pytest.raises(ApplianceError) as caught:
+        expired.search(SYSTEM, "common")
+    assert caught.value.code == "search_timeout" and caught.value.status == 503
+    assert HistoryStore(db).search(SYSTEM, "common").total == 2000  # the connection is not left broken
+
+
+def test_a_search_never_waits_for_a_writer_and_reads_a_committed_snapshot(store, db):
+    store.add(text="committed alpha", source="api")
+    writing, release, found = real_threading().Event(), real_threading().Event(), []
+
+    def writer():
+        with db.write() as conn:
+            conn.execute("INSERT INTO history (created_at, source, text) VALUES "
+                         "('2026-01-01T00:00:00.000Z', 'api', 'uncommitted alpha')")
+            writing.set()
+            release.wait(60)
+
+    thread = real_threading().Thread(target=writer)
+    thread.start()
+    try:
+        assert writing.wait(60)
+        searcher = real_threading().Thread(target=lambda: found.append(store.search(SYSTEM, "alpha")))
+        searcher.start()
+        searcher.join(60)  # a hang guard only: with the shared connection the search waited for the writer
+        assert found, "the search waited for the writer's lock"
+        assert [h.entry.text for h in found[0].items] == ["committed alpha"]
+    finally:
+        release.set()
+        thread.join()
+    assert store.search(SYSTEM, "alpha").total == 2
+
+
 def test_pagination_newest_first_with_total(store, db):
     with db.write():
         for i in range(120):
@@ -415,6 +485,26 @@ def test_duplicate_identity_includes_source_and_audio_hash(store):
         {**base, "source": "upload", "created_at": "2025-05-05T05:05:05.5559Z"},
     ], owner_id=None)
     assert (result.imported, result.skipped_duplicates) == (3, 2)
+
+
+def test_csv_export_disarms_formulas_and_the_import_round_trips_them(store, db):
+    texts = ["=cmd|' /C calc'!A0", "+1", "-1", "@SUM(A1:A2)", "\tindented", "\rreturn", "'=quoted", "'tis", "plain"]
+    for text in texts:
+        store.add(text=text, source="upload", filename="=evil.wav")
+    exported = "".join(store.export_csv(SYSTEM))
+    rows = list(csv.DictReader(io.StringIO(exported, newline="")))
+    assert all(not row["text"].startswith(("=", "+", "-", "@", "\t", "\r")) for row in rows)
+    assert {row["filename"] for row in rows} == {"'=evil.wav"}
+
+    other = HistoryStore(Database(db.path.with_name("other.db")))
+    try:
+        result = other.import_entries(parse_import(exported.encode(), "csv"), owner_id=None)
+        assert result.imported == len(texts) and not result.errors
+        entries = [h.entry for h in other.search(SYSTEM, limit=50).items]
+        assert sorted(e.text for e in entries) == sorted(texts)
+        assert {e.filename for e in entries} == {"=evil.wav"}
+    finally:
+        other.db.close()
 
 
 def test_csv_import_reports_bad_cells_by_row(store):

@@ -94,6 +94,10 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("ASYNC_MODE", "eventlet", "eventlet or threading."),
     Variable("RESULT_CACHE", "true", "Return the stored result for identical audio, model and options."),
     Variable("HISTORY_RETENTION_DAYS", "0", "Delete history older than this many days; 0 keeps forever."),
+    Variable("HISTORY_MAX_TEXT_LENGTH", "1000000", "Longest text (characters) a history entry may hold, on every "
+                                                   "path that stores one (upload, live, import, edit)."),
+    Variable("SEARCH_TIMEOUT_MS", "10000", "A history search still running after this many milliseconds is "
+                                           "stopped (503 search_timeout)."),
     Variable("LIVE_MAX_SESSIONS", "8", "Concurrent live dictation sessions (stopped ones count until they have "
                                        "finished; a whole-recording audio_chunk counts while it runs)."),
     Variable("LIVE_MAX_SESSIONS_PER_CLIENT", "8", "Concurrent live sessions of one client (its account, or its IP "
@@ -140,6 +144,8 @@ class Settings:
     async_mode: str = "eventlet"
     result_cache: bool = True
     history_retention_days: int = 0
+    history_max_text_length: int = 1_000_000
+    search_timeout_ms: int = 10_000
     live_max_sessions: int = 8
     live_max_sessions_per_client: int = 8
     live_idle_timeout: int = 300
@@ -188,9 +194,10 @@ class Settings:
                      "live_idle_timeout"):
             if getattr(self, name) < 0:
                 problems.append(f"{name.upper()} must be 0 or more")
-        for name in ("max_upload_size", "live_max_sessions", "live_max_sessions_per_client", "live_max_chunk_size",
-                     "live_max_session_seconds", "live_max_chunks_per_second", "socket_timeout", "keepalive_timeout",
-                     "max_connections", "max_connections_per_ip"):
+        for name in ("max_upload_size", "history_max_text_length", "search_timeout_ms", "live_max_sessions",
+                     "live_max_sessions_per_client", "live_max_chunk_size", "live_max_session_seconds",
+                     "live_max_chunks_per_second", "socket_timeout", "keepalive_timeout", "max_connections",
+                     "max_connections_per_ip"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name.upper()} must be greater than 0")
         if bool(self.ssl_cert_path) != bool(self.ssl_key_path):
@@ -209,9 +216,10 @@ class Settings:
                 for f in fields(self) if f.name not in hidden}
 
 
-_INTS = {"cpu_threads", "inference_workers", "https_port", "http_port", "history_retention_days", "live_max_sessions",
-         "live_max_sessions_per_client", "live_idle_timeout", "live_max_session_seconds", "live_max_chunks_per_second",
-         "live_resume_seconds", "socket_timeout", "keepalive_timeout", "max_connections", "max_connections_per_ip"}
+_INTS = {"cpu_threads", "inference_workers", "https_port", "http_port", "history_retention_days",
+         "history_max_text_length", "search_timeout_ms", "live_max_sessions", "live_max_sessions_per_client",
+         "live_idle_timeout", "live_max_session_seconds", "live_max_chunks_per_second", "live_resume_seconds",
+         "socket_timeout", "keepalive_timeout", "max_connections", "max_connections_per_ip"}
 _BOOLS = {"model_downloads", "http_redirect", "require_auth", "allow_registration", "result_cache"}
 _SIZES = {"max_upload_size", "live_max_chunk_size"}
 _DIRS = {"models_dir", "data_dir", "ssl_dir"}

@@ -12,6 +12,9 @@ One writer per format, as in openai-whisper's ``utils.py``, over a ``Transcript`
   what is written.
 * txt writes one segment per line; tsv is ``start<TAB>end<TAB>text`` in integer milliseconds with a header row,
   tabs/newlines in text become spaces; json is ``Transcript.to_dict()``, compact, UTF-8 (not ASCII-escaped).
+* Spreadsheet cells (tsv here, the history CSV export) go through ``spreadsheet_cell``: one starting with ``=``,
+  ``+``, ``-``, ``@``, TAB or CR would be run as a formula by Excel or LibreOffice, so it gets a leading ``'``
+  (as does one already starting with ``'``, so that ``spreadsheet_value`` undoes it exactly on import).
 """
 
 from __future__ import annotations
@@ -89,6 +92,22 @@ class _Token:
     text: str
     start: float | None
     end: float | None
+
+
+# What makes a spreadsheet read a cell as a formula (OWASP "CSV injection"), plus the escape mark itself.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def spreadsheet_cell(text: str) -> str:
+    """``text`` as a spreadsheet shows it literally: ``'`` before a cell a spreadsheet would run as a formula."""
+    return "'" + text if text.startswith(_FORMULA_STARTS) else text
+
+
+def spreadsheet_value(cell: str) -> str:
+    """Undo ``spreadsheet_cell`` (a lone leading ``'`` before anything else is the text's own and stays)."""
+    if cell.startswith("'") and cell[1:].startswith(_FORMULA_STARTS):
+        return cell[1:]
+    return cell
 
 
 def _one_line(text: str) -> str:
@@ -194,7 +213,7 @@ def _write_tsv(transcript: Transcript, layout: _Layout) -> str:
     for segment in transcript.segments:
         text = _one_line(segment.text)
         if text:
-            out.append(f"{round(1000 * segment.start)}\t{round(1000 * segment.end)}\t{text}\n")
+            out.append(f"{round(1000 * segment.start)}\t{round(1000 * segment.end)}\t{spreadsheet_cell(text)}\n")
     return "".join(out)
 
 

@@ -26,7 +26,7 @@ from .events import EventBus
 from .history import HistoryStore
 from .job_runner import LocalJobRunner
 from .job_store import STATUSES, JobStore
-from .jobs import JobQueue, jobs_dir
+from .jobs import JobQueue, jobs_dir, remove_upload
 from .live import LiveSessions
 from .metrics import Metrics
 from .model_manager import ModelManager
@@ -74,7 +74,8 @@ class Appliance:
         models = models or ModelManager(settings)
         scheduler = InferenceScheduler(models, lanes=resolve_workers(settings.inference_workers))
         database = Database(settings.data_dir / "appliance.db")
-        history = HistoryStore(database)
+        history = HistoryStore(database, search_timeout_ms=settings.search_timeout_ms,
+                               max_text_length=settings.history_max_text_length)
         job_store = JobStore(database)
         auth_file = AuthFile(settings.data_dir)
         accounts = Accounts(database, auth_file, admin_password=settings.admin_password, api_keys=settings.api_keys,
@@ -119,7 +120,7 @@ class Appliance:
         """Swap in a database backup: only while no job is unfinished (409); the job queue then reloads from it.
         Returns where the previous database was saved. Blocking: call it off the event loop."""
         with self.jobs.suspended():
-            saved = self.database.restore_from(path)
+            saved = self.database.restore_from(path, jobs_dir=self.jobs.jobs_dir)
             self.accounts.after_restore(str(saved))
             return saved
 
@@ -140,8 +141,7 @@ class Appliance:
             self.accounts.delete_user(user)
         if transfer_to is None:
             for job in removed:
-                if job.upload_path:
-                    Path(job.upload_path).unlink(missing_ok=True)
+                remove_upload(job.upload_path, self.jobs.jobs_dir)
         log.info("user %r deleted by %r: %d history entries and %d jobs %s", user.username, actor.username, entries,
                  jobs, f"handed to user {transfer_to}" if transfer_to is not None else "deleted")
         return DeletedUser(user_id=user.id, username=user.username, entries=entries, jobs=jobs,

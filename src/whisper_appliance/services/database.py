@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -66,7 +67,10 @@ def parse_timestamp(text: str) -> datetime:
     moment = datetime.fromisoformat(text.strip())
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 lies before year 1 in UTC
+        raise ValueError(f"{text!r} is out of range") from None
 
 
 def normalize_timestamp(text: str) -> str:
@@ -193,6 +197,17 @@ MIGRATIONS: tuple[Migration, ...] = (
         ALTER TABLE jobs ADD COLUMN owner_id INTEGER REFERENCES users(id);
         CREATE INDEX jobs_owner ON jobs(owner_id, created_at);
     """),
+    Migration("prefix indexes for full-text search (fast 'pay*' queries)", """
+        -- FTS5 options are fixed at creation: rebuild the index with prefix indexes of 1 to 3 characters, so a
+        -- prefix term reads one index entry instead of walking every term with that beginning. The triggers on
+        -- history name the table and keep working.
+        DROP TABLE history_fts;
+        CREATE VIRTUAL TABLE history_fts USING fts5(
+            text, filename, content='history', content_rowid='id',
+            tokenize='unicode61 remove_diacritics 2', prefix='1 2 3'
+        );
+        INSERT INTO history_fts(history_fts) VALUES ('rebuild');
+    """),
 )
 
 LATEST_VERSION = len(MIGRATIONS)
@@ -249,6 +264,26 @@ def expected_tables(version: int) -> frozenset[str]:
         conn.close()
 
 
+@cache
+def expected_schema(version: int) -> frozenset[tuple[str, str, str, str]]:
+    """Every schema object (tables, columns, indexes, triggers, views) a database at ``version`` has, as
+    (type, name, table, SQL) rows of sqlite_master, found by building one in memory."""
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        for step in range(1, version + 1):
+            apply_migration(conn, step)
+        return _schema(conn)
+    finally:
+        conn.close()
+
+
+def _schema(conn: sqlite3.Connection) -> frozenset[tuple[str, str, str, str]]:
+    # sqlite_stat* tables are planner statistics (PRAGMA optimize), not schema.
+    rows = conn.execute("SELECT type, name, tbl_name, COALESCE(sql, '') FROM sqlite_master "
+                        "WHERE name NOT LIKE 'sqlite_stat%'").fetchall()
+    return frozenset((r[0], r[1], r[2], " ".join(r[3].split())) for r in rows)
+
+
 def _table_names(conn: sqlite3.Connection) -> frozenset[str]:
     rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
     return frozenset(r[0] for r in rows)
@@ -288,6 +323,9 @@ class Database:
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            # trusted_schema stays ON here only: the full-text index is kept in sync by this schema's own
+            # triggers, and SQLite (3.40) refuses a trigger writing to an FTS5 table when it is OFF. What this
+            # connection opens is always a schema this appliance built (a restore checks it object by object).
         except BaseException:
             conn.close()
             raise
@@ -334,6 +372,7 @@ class Database:
         try:
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA trusted_schema = OFF")
             yield conn
         finally:
             conn.close()
@@ -423,13 +462,17 @@ class Database:
         with _open_candidate(path) as conn:
             _check_candidate(conn, path.name)
 
-    def restore_from(self, path: Path | str) -> Path:
+    def restore_from(self, path: Path | str, *, jobs_dir: Path | None = None) -> Path:
         """Replace the live database with the backup at ``path``; returns where the old one was saved.
 
-        The candidate is copied (SQLite backup API) beside the live file and the copy is validated, full-text
-        index included. The current database is saved to ``<name>.before-restore``; then, with the connection
-        closed, the old -wal/-shm are removed (a stale WAL would be replayed onto the new file), the copy is
-        renamed over the live file, and the result is reopened and migrated.
+        The candidate is copied (SQLite backup API) beside the live file and the copy is validated: integrity,
+        full-text index, and a schema identical to the one this appliance's migrations build at its version
+        (so no trigger, view or odd column of the upload survives). The copy is then migrated to the latest
+        version and its job paths recomputed under ``jobs_dir``, all before anything is swapped: a file that
+        fails any of that leaves the live database untouched. The current database is saved to
+        ``<name>.before-restore-<UTC time>`` (earlier copies are kept); then, with the connection closed, the
+        old -wal/-shm are removed (a stale WAL would be replayed onto the new file), the copy is renamed over
+        the live file, and the result is reopened.
         """
         path = Path(path)
         staged = self.path.with_name(self.path.name + ".restore")
@@ -438,16 +481,21 @@ class Database:
             with _open_candidate(path) as source:
                 target = sqlite3.connect(staged, isolation_level=None)
                 try:
+                    target.execute("PRAGMA trusted_schema = OFF")
                     source.backup(target)
                     target.execute("PRAGMA journal_mode = DELETE")
                     _check_candidate(target, path.name)
                     fts = _fts_check(target)
+                    if fts != "ok":
+                        raise InvalidInput(f"{path.name} is damaged ({fts})")
+                    _migrate_staged(target, path.name)
+                    if jobs_dir is not None:
+                        _sanitize_job_paths(target, jobs_dir)
                 finally:
                     target.close()
-            if fts != "ok":
-                raise InvalidInput(f"{path.name} is damaged ({fts})")
             with self._lock:
-                saved = self.backup_to(self.path.with_name(self.path.name + ".before-restore"))
+                stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+                saved = self.backup_to(self.path.with_name(f"{self.path.name}.before-restore-{stamp}"))
                 self.close()
                 for suffix in ("-wal", "-shm"):
                     self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
@@ -461,6 +509,20 @@ class Database:
             staged.unlink(missing_ok=True)
         log.warning("database restored from %s (previous database saved as %s)", path, saved)
         return saved
+
+
+def _migrate_staged(conn: sqlite3.Connection, name: str) -> None:
+    """Bring a staged restore copy to the latest schema, one transaction per step; InvalidInput if a step fails."""
+    current = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    for version in range(current + 1, LATEST_VERSION + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            apply_migration(conn, version)
+        except sqlite3.DatabaseError as exc:
+            conn.execute("ROLLBACK")
+            raise InvalidInput(f"{name} could not be migrated to schema version {version}: {exc}",
+                               code="backup_migration_failed") from exc
+        conn.execute("COMMIT")
 
 
 @contextmanager
@@ -477,6 +539,7 @@ def _open_candidate(path: Path) -> Iterator[sqlite3.Connection]:
     try:
         conn = sqlite3.connect(_read_only_uri(path), uri=True)
         try:
+            conn.execute("PRAGMA trusted_schema = OFF")
             yield conn
         finally:
             conn.close()
@@ -502,6 +565,34 @@ def _check_candidate(conn: sqlite3.Connection, name: str) -> None:
     if missing:
         raise InvalidInput(f"{name} is not a Whisper Appliance database "
                            f"(missing tables: {', '.join(sorted(missing))})")
+    # The whole schema must be exactly what this appliance's migrations build at that version: a trigger, view,
+    # index or column the upload adds (or changes) would otherwise be kept and run on the live database.
+    found, expected = _schema(conn), expected_schema(version)
+    if found != expected:
+        extra = sorted(f"{kind} {obj}" for kind, obj, _, _ in found - expected)
+        changed = sorted(f"{kind} {obj}" for kind, obj, _, _ in expected - found)
+        raise InvalidInput(f"{name} does not have this appliance's schema (unexpected: {', '.join(extra) or 'none'}; "
+                           f"missing or different: {', '.join(changed) or 'none'})", code="backup_schema_mismatch")
+    # Rows the code would fail to read: JSON columns that do not parse, text columns holding other types.
+    checks = [("history", "typeof(text) != 'text' OR typeof(created_at) != 'text' "
+                          "OR NOT json_valid(segments) OR NOT json_valid(metadata)")]
+    if "jobs" in expected_tables(version):
+        checks.append(("jobs", "typeof(id) != 'text' OR NOT json_valid(options)"))
+    for table, condition in checks:
+        bad = conn.execute(f"SELECT count(*) FROM {table} WHERE {condition}").fetchone()[0]
+        if bad:
+            raise InvalidInput(f"{name} has {bad} unreadable row(s) in {table}", code="backup_invalid_rows")
+
+
+def _sanitize_job_paths(conn: sqlite3.Connection, jobs_dir: Path) -> None:
+    """Paths in restored job rows are never trusted: each becomes ``jobs_dir/<its file name>`` when that name is
+    the job's own upload name (``<id><extension>``), else NULL."""
+    for job_id, stored in conn.execute("SELECT id, upload_path FROM jobs WHERE upload_path IS NOT NULL").fetchall():
+        name = Path(str(stored)).name
+        safe = (isinstance(job_id, str) and job_id.isalnum() and name.startswith(job_id)
+                and re.fullmatch(r"(\.[a-z0-9]{1,10})?", name[len(job_id):]) is not None)
+        conn.execute("UPDATE jobs SET upload_path = ? WHERE id = ?",
+                     (str(jobs_dir / name) if safe else None, job_id))
 
 
 def _fts_check(conn: sqlite3.Connection) -> str:

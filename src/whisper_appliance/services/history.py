@@ -33,12 +33,15 @@ import logging
 import math
 import re
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from ..core.errors import InvalidInput, NotFound
+from ..core.errors import ApplianceError, InvalidInput, NotFound
+from ..core.formats import spreadsheet_cell, spreadsheet_value
 from ..core.identity import OwnerFilter, Principal
 from ..core.records import Segment, TranscribeOptions, Transcript
 from .database import (
@@ -59,6 +62,14 @@ SNIPPET_END = "\u0003"
 SNIPPET_ELLIPSIS = "…"
 SNIPPET_TOKENS = 24
 MAX_PAGE = 500
+# Bounds on one search query: each term is one more FTS5 phrase lookup, and a prefix term walks every indexed
+# term with that beginning (q="a* b* c* ..." once held the database for 15 s).
+MAX_QUERY_TERMS = 32
+MAX_PREFIX_TERMS = 8
+MAX_QUERY_LENGTH = 1000
+MAX_TERM_LENGTH = 100
+DEFAULT_SEARCH_TIMEOUT_MS = 10_000
+DEFAULT_MAX_TEXT_LENGTH = 1_000_000
 EXPORT_BATCH = 500
 IMPORT_BATCH = 500
 CHUNK_CHARS = 64 * 1024
@@ -187,7 +198,9 @@ def fts_query(text: str | None) -> str | None:
     """
     if not text:
         return None
-    terms = []
+    if len(text) > MAX_QUERY_LENGTH:
+        raise InvalidInput(f"the search query is longer than {MAX_QUERY_LENGTH} characters", code="query_too_long")
+    terms, prefixes = [], 0
     for m in _CHUNK.finditer(text):
         if m.group(3) is not None:
             chunk, prefix = m.group(3), m.group(3).endswith("*")
@@ -195,7 +208,18 @@ def fts_query(text: str | None) -> str | None:
             chunk, prefix = m.group(1), bool(m.group(2))
         words = _WORD.findall(chunk)
         if words:
-            terms.append('"' + " ".join(words) + '"' + ("*" if prefix else ""))
+            phrase = " ".join(words)
+            if len(phrase) > MAX_TERM_LENGTH:
+                raise InvalidInput(f"a search term is longer than {MAX_TERM_LENGTH} characters",
+                                   code="query_too_long")
+            prefixes += prefix
+            terms.append('"' + phrase + '"' + ("*" if prefix else ""))
+    if len(terms) > MAX_QUERY_TERMS:
+        raise InvalidInput(f"the search has {len(terms)} terms; at most {MAX_QUERY_TERMS} are allowed",
+                           code="query_too_complex")
+    if prefixes > MAX_PREFIX_TERMS:
+        raise InvalidInput(f"the search has {prefixes} prefix terms (ending in *); at most {MAX_PREFIX_TERMS} are "
+                           "allowed", code="query_too_complex")
     return " ".join(terms) or None
 
 
@@ -229,10 +253,19 @@ def _json_text(name: str, value: Any) -> str:
         raise InvalidInput(f"{name} is not JSON-serialisable: {exc}") from None
 
 
-def _row_values(new: NewEntry) -> dict[str, Any]:
-    """Validate a NewEntry and turn it into column values."""
-    if not isinstance(new.text, str):
+def _check_text(text: Any, max_length: int) -> str:
+    """A history text: a string of at most ``max_length`` characters (HISTORY_MAX_TEXT_LENGTH), else 413."""
+    if not isinstance(text, str):
         raise InvalidInput("text must be a string")
+    if len(text) > max_length:
+        raise InvalidInput(f"the text has {len(text):,} characters; a history entry holds at most {max_length:,}",
+                           code="text_too_long", status=413)
+    return text
+
+
+def _row_values(new: NewEntry, max_text_length: int = DEFAULT_MAX_TEXT_LENGTH) -> dict[str, Any]:
+    """Validate a NewEntry and turn it into column values."""
+    _check_text(new.text, max_text_length)
     if new.source not in SOURCES:
         raise InvalidInput(f"source {new.source!r} is not one of {', '.join(SOURCES)}")
     if new.created_at is None:
@@ -303,6 +336,34 @@ def _entry(row: sqlite3.Row) -> HistoryEntry:
         edited_at=row["edited_at"])
 
 
+_PROGRESS_STEPS = 1000  # SQLite virtual-machine steps between deadline checks
+
+
+@contextmanager
+def _deadline(conn: sqlite3.Connection, timeout_ms: int) -> Iterator[None]:
+    """Abort what ``conn`` runs once ``timeout_ms`` have passed: a 503 ``search_timeout``."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    expired = []
+
+    def check() -> int:
+        if time.monotonic() >= deadline:
+            expired.append(True)
+            return 1
+        return 0
+
+    conn.set_progress_handler(check, _PROGRESS_STEPS)
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if not expired:
+            raise
+        log.warning("history search stopped after %d ms", timeout_ms)
+        raise ApplianceError(f"the search took longer than {timeout_ms} ms and was stopped; narrow it down",
+                             code="search_timeout", status=503) from exc
+    finally:
+        conn.set_progress_handler(None, 0)
+
+
 def _lower_bound(text: str) -> str:
     return format_timestamp(_parse_filter("since", text))
 
@@ -311,7 +372,11 @@ def _upper_bound(text: str) -> str:
     """Exclusive bound: a date covers that whole day; a datetime is included (to the millisecond)."""
     moment = _parse_filter("until", text)
     step = timedelta(days=1) if _is_date(text) else timedelta(milliseconds=1)
-    return format_timestamp(moment + step)
+    try:
+        return format_timestamp(moment + step)
+    except OverflowError:
+        raise InvalidInput(f"until={text!r} is out of range (the last day is 9999-12-30)",
+                           code="invalid_date") from None
 
 
 def _is_date(text: str) -> bool:
@@ -326,7 +391,8 @@ def _parse_filter(name: str, text: str) -> datetime:
     try:
         return parse_timestamp(text)
     except (TypeError, ValueError):
-        raise InvalidInput(f"{name}={text!r} is not an ISO-8601 date or datetime") from None
+        raise InvalidInput(f"{name}={text!r} is not an ISO-8601 date or datetime in range",
+                           code="invalid_date") from None
 
 
 def _page_bounds(limit: int, offset: int) -> tuple[int, int]:
@@ -348,7 +414,7 @@ def _csv_cell(value: Any) -> str:
         return ""
     if isinstance(value, (list, dict, tuple)):
         return json.dumps(value, ensure_ascii=False, allow_nan=False)
-    return str(value)
+    return spreadsheet_cell(str(value))
 
 
 _CSV_NUMBERS = {"duration", "processing_seconds"}
@@ -362,6 +428,7 @@ def _from_csv_row(row: dict[str, str]) -> dict[str, Any]:
     for key, value in row.items():
         if key is None or value is None or value == "" and key != "text":
             continue
+        value = spreadsheet_value(value)  # a cell the export guarded against formulas
         if key in _CSV_NUMBERS:
             try:
                 item[key] = float(value)
@@ -413,8 +480,11 @@ def parse_import(data: bytes, fmt: str) -> list[dict[str, Any]]:
 # --- the store --------------------------------------------------------------------------------------------------
 
 class HistoryStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, search_timeout_ms: int = DEFAULT_SEARCH_TIMEOUT_MS,
+                 max_text_length: int = DEFAULT_MAX_TEXT_LENGTH) -> None:
         self.db = db
+        self.search_timeout_ms = search_timeout_ms
+        self.max_text_length = max_text_length
 
     # single entries
 
@@ -424,7 +494,7 @@ class HistoryStore:
             entry = NewEntry(**values)
         elif values:
             raise TypeError("pass a NewEntry or keyword fields, not both")
-        row = _row_values(entry)
+        row = _row_values(entry, self.max_text_length)
         with self.db.write() as conn:
             new_id = _insert(conn, row)
             return self._get(conn, new_id)
@@ -445,9 +515,7 @@ class HistoryStore:
         the corrected text over the time the old ones spanned (which words moved where is not known). The entry
         is marked edited, so it is never served as the cached result of its audio again.
         """
-        if not isinstance(text, str):
-            raise InvalidInput("text must be a string")
-        text = text.translate(_MARKERS)
+        text = _check_text(text, self.max_text_length).translate(_MARKERS)
         with self.db.write() as conn:
             current = self._get(conn, entry_id, viewer)
             segments: list[dict[str, Any]] = []
@@ -547,11 +615,19 @@ class HistoryStore:
             origin, snippet, snippet_params = "history AS h", "NULL", []
             order = "h.created_at DESC, h.id DESC"
         condition = ("WHERE " + " AND ".join(where)) if where else ""
-        with self.db.read() as conn:
-            total = conn.execute(f"SELECT count(*) FROM {origin} {condition}", params).fetchone()[0]
-            rows = conn.execute(
-                f"SELECT {_COLUMNS}, {snippet} AS snippet FROM {origin} {condition} ORDER BY {order} "
-                f"LIMIT ? OFFSET ?", [*snippet_params, *params, limit, offset]).fetchall()
+        # A read-only connection of its own, so a long search never holds the lock writers need; one read
+        # transaction, so the count and the page come from one snapshot; and a deadline.
+        with self.db.reader() as conn:
+            conn.execute("BEGIN")
+            try:
+                with _deadline(conn, self.search_timeout_ms):
+                    total = conn.execute(f"SELECT count(*) FROM {origin} {condition}", params).fetchone()[0]
+                    rows = conn.execute(
+                        f"SELECT {_COLUMNS}, {snippet} AS snippet FROM {origin} {condition} ORDER BY {order} "
+                        f"LIMIT ? OFFSET ?", [*snippet_params, *params, limit, offset]).fetchall()
+            finally:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
         return SearchPage(items=tuple(SearchHit(_entry(r), r["snippet"]) for r in rows), total=total,
                           limit=limit, offset=offset)
 
@@ -671,7 +747,7 @@ class HistoryStore:
 
         for number, item in enumerate(items, 1):
             try:
-                batch.append({**_row_values(NewEntry.from_dict(item)), "owner_id": owner_id})
+                batch.append({**_row_values(NewEntry.from_dict(item), self.max_text_length), "owner_id": owner_id})
             except InvalidInput as exc:
                 errors.append(f"row {number}: {exc.message}")
             except TypeError as exc:

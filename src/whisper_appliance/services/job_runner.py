@@ -36,7 +36,7 @@ from ..core.errors import ApplianceError, Cancelled, InvalidInput, NotFound
 from ..core.records import SAMPLE_RATE, TranscribeOptions, Transcript
 from .dependencies import EventSink, InferenceQueue
 from .job_store import Job, JobStore
-from .jobs import RunState, estimate_eta, job_room, options_from_record, publish_final
+from .jobs import RunState, estimate_eta, job_room, options_from_record, publish_final, remove_upload
 from .scheduler import Priority, Ticket
 from .transcription import TranscriptionService
 
@@ -295,10 +295,8 @@ class LocalJobRunner:
             return
         publish_final(self.events, job)
 
-    @staticmethod
-    def _remove_upload(active: _Active) -> None:
-        if active.upload_path is not None:
-            active.upload_path.unlink(missing_ok=True)
+    def _remove_upload(self, active: _Active) -> None:
+        remove_upload(active.upload_path, self.jobs_dir)
 
     def _publish(self, active: _Active, status: str) -> None:
         data = {"job_id": active.job_id, "status": status, "progress": round(active.progress, 4),

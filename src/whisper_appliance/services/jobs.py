@@ -167,6 +167,22 @@ def jobs_dir(data_dir: Path) -> Path:
     return Path(data_dir) / "jobs"
 
 
+def remove_upload(path: Path | str | None, directory: Path) -> None:
+    """Delete a job's stored upload, only if it lies inside the jobs ``directory``: a path read from the database
+    (perhaps a restored one) never names a file elsewhere that would then be deleted."""
+    if not path:
+        return
+    target = Path(path)
+    try:
+        inside = target.resolve().parent == Path(directory).resolve()
+    except OSError:
+        inside = False
+    if not inside:
+        log.warning("not deleting %s: a job upload outside %s", target, directory)
+        return
+    target.unlink(missing_ok=True)
+
+
 def job_room(job_id: str) -> str:
     return f"job:{job_id}"
 
@@ -328,15 +344,13 @@ class JobQueue:
         job = self._job(viewer, job_id)
         if job.finished:
             job = self.store.delete(job_id)
-            if job.upload_path:
-                Path(job.upload_path).unlink(missing_ok=True)
+            remove_upload(job.upload_path, self.jobs_dir)
             log.info("job %s (%s) deleted", job_id, job.status)
             return job_view(job), True
         self.runner.cancel(job_id)
         job = self.store.cancel(job_id)
         # The audio of a running job is already in memory: its file can go now.
-        if job.upload_path:
-            Path(job.upload_path).unlink(missing_ok=True)
+        remove_upload(job.upload_path, self.jobs_dir)
         log.info("job %s cancelled", job_id)
         publish_final(self.events, job)
         return job_view(job), False
