@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
 import threading
+
+# Bound at import: eventlet.wsgi (imported by other tests) rebinds http.server to its green copy, whose
+# server would never answer from a plain thread.
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -14,7 +17,7 @@ from whisper_appliance.core.errors import ApplianceError, Cancelled
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
+class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 - http.server's naming
         if self.path == "/missing":
             self.send_error(404)
@@ -30,7 +33,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def server_url():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"

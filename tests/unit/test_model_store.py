@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
 import importlib
 import threading
 from dataclasses import replace
+
+# Bound at import: eventlet.wsgi (imported by other tests) rebinds http.server to its green copy, whose
+# server would never answer from a plain thread.
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -144,7 +147,7 @@ def test_hub_download_without_network_fails_fast_with_clear_error(tmp_path):
     assert list(store.models_dir.iterdir()) == []  # the temporary download directory is gone
 
 
-class _Checkpoint(http.server.BaseHTTPRequestHandler):
+class _Checkpoint(BaseHTTPRequestHandler):
     payload = b"openai checkpoint bytes" * 1000
 
     def do_GET(self):  # noqa: N802
@@ -158,7 +161,7 @@ class _Checkpoint(http.server.BaseHTTPRequestHandler):
 
 
 def test_openai_checkpoint_download_is_verified(tmp_path, monkeypatch):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Checkpoint)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Checkpoint)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         monkeypatch.setattr(catalog, "_OPENAI_CDN", f"http://127.0.0.1:{server.server_address[1]}")
