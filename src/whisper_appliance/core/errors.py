@@ -53,6 +53,12 @@ class PayloadTooLarge(ApplianceError):
     code = "payload_too_large"
 
 
+class AudioTooLong(PayloadTooLarge):
+    """The decoded audio would be longer than ``MAX_AUDIO_SECONDS`` (HTTP 413); refused before it is allocated."""
+
+    code = "audio_too_long"
+
+
 class NotFound(ApplianceError):
     status = 404
     code = "not_found"

@@ -337,7 +337,8 @@ class LocalJobRunner:
                 if active.upload_path is None or not active.upload_path.is_file():
                     raise InvalidInput(f"the uploaded audio of this job is missing ({active.upload_path}); "
                                        "the job cannot be resumed, upload the file again")
-                audio = decode_audio(active.upload_path, tmp_dir=str(self.transcription.tmp_dir))
+                audio = decode_audio(active.upload_path, tmp_dir=str(self.transcription.tmp_dir),
+                                     max_seconds=self.transcription.settings.max_audio_seconds)
                 active.duration = len(audio) / SAMPLE_RATE
                 self._enqueue(active, audio)
                 log.info("job %s resumed (%s)", job.id, job.filename)

@@ -273,7 +273,8 @@ class JobQueue:
             publish_final(self.events, job)
             return job_view(job)
 
-        audio = decode_audio(spooled.path, tmp_dir=str(self.transcription.tmp_dir))
+        audio = decode_audio(spooled.path, tmp_dir=str(self.transcription.tmp_dir),
+                             max_seconds=self.transcription.settings.max_audio_seconds)
         job_id = uuid.uuid4().hex
         path = self.jobs_dir / f"{job_id}{upload_extension(spooled.filename)}"
         _keep_copy(spooled.path, path)

@@ -121,7 +121,8 @@ class TranscriptionService:
             audio.path.unlink(missing_ok=True)
 
     def decode(self, path: Path) -> np.ndarray:
-        return concurrency.wait_blocking(decode_audio, path, tmp_dir=str(self.tmp_dir))
+        return concurrency.wait_blocking(decode_audio, path, tmp_dir=str(self.tmp_dir),
+                                         max_seconds=self.settings.max_audio_seconds)
 
     # -- model checks ------------------------------------------------------------------------------------------
     def ready_model(self) -> ModelStatus:
