@@ -398,3 +398,75 @@ def test_a_submission_still_being_checked_keeps_a_restore_off(env, monkeypatch):
     assert env.wait(submitted[0].job_id).status == "completed"
     with env.queue.suspended():
         pass
+
+
+def arrays_reachable(root: object, depth: int = 6) -> list[np.ndarray]:
+    """numpy arrays reachable from ``root`` through attributes, containers and function closures."""
+    found: list[np.ndarray] = []
+    seen: set[int] = set()
+
+    def walk(obj: object, level: int) -> None:
+        if id(obj) in seen or level > depth or isinstance(obj, (str, bytes, int, float, type)):
+            return
+        seen.add(id(obj))
+        if isinstance(obj, np.ndarray):
+            found.append(obj)
+            return
+        children: list[object] = []
+        if isinstance(obj, dict):
+            children += list(obj.values())
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            children += list(obj)
+        if callable(obj) and getattr(obj, "__closure__", None):
+            children += [cell.cell_contents for cell in obj.__closure__]
+        if hasattr(obj, "__dict__") and not isinstance(obj, type):
+            children += list(vars(obj).values())
+        for child in children:
+            walk(child, level + 1)
+
+    walk(root, 0)
+    return found
+
+
+def test_queued_jobs_hold_no_decoded_audio(env):
+    gate = block_scheduler(env.scheduler)
+    try:
+        ids = [env.submit(env.wav(seconds)).job_id for seconds in (3.0, 4.0, 5.0)]
+        queued = [t for t in env.scheduler._queue if t.label.startswith("job:")]
+        assert len(queued) == 3
+        assert arrays_reachable(queued) == []
+        assert arrays_reachable(env.queue.runner._active) == []
+        # The stored duration still orders them, shortest first.
+        assert [env.queue.get(SYSTEM, i).queue_position for i in ids] == [1, 2, 3]
+    finally:
+        gate.set()
+    assert all(env.wait(i).status == "completed" for i in ids)
+
+
+def test_a_restart_decodes_no_job_up_front(env, monkeypatch):
+    import whisper_appliance.services.job_runner as job_runner
+
+    env.queue.stop()
+    jobs_dir = env.settings.data_dir / "jobs"
+    jobs_dir.mkdir(parents=True, exist_ok=True)
+    options = {"transcribe": {"language": "en", "beam_size": 1}, "output": "txt", "audio_sha256": ""}
+    ids = []
+    for n, seconds in enumerate((3.0, 4.0)):
+        path = jobs_dir / f"job{n}.audio"
+        env.wav(seconds).rename(path)
+        ids.append(env.store.create(f"job{n}.wav", str(path), options, duration=seconds, job_id=f"job{n}").id)
+    decoded: list[object] = []
+    real = job_runner.decode_audio
+    monkeypatch.setattr(job_runner, "decode_audio", lambda *a, **k: decoded.append(a) or real(*a, **k))
+    gate = block_scheduler(env.scheduler)
+    try:
+        env.queue = env.new_queue()
+        deadline = time.monotonic() + 5
+        while len([t for t in env.scheduler._queue if t.label.startswith("job:")]) < 2 and time.monotonic() < deadline:
+            time.sleep(0.005)  # the resume thread queues them
+        assert decoded == []
+        assert arrays_reachable(list(env.scheduler._queue)) == []
+    finally:
+        gate.set()
+    assert all(env.wait(i).status == "completed" for i in ids)
+    assert len(decoded) == 2  # each decoded once, when its turn came

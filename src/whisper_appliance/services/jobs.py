@@ -3,7 +3,8 @@
 ``JobQueue`` owns what a job is between ``POST /api/jobs`` and its runner:
 
 * the upload is decoded once when it is accepted (so non-audio is refused before the 202, and the duration is
-  known for ordering) and kept under ``DATA_DIR/jobs/<job_id><ext>`` until the job ends;
+  known for ordering), then only its compressed file is kept, under ``DATA_DIR/jobs/<job_id><ext>``, until the
+  job ends (the runner decodes it again when the job's turn comes);
 * identical audio with the same options completes at once from the result cache;
 * the stored job is handed to a ``JobRunner`` (the Protocol below), which executes it and records its result:
   ``LocalJobRunner`` (job_runner.py) runs jobs on this process's inference scheduler; a runner that hands them
@@ -29,8 +30,6 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Protocol
-
-import numpy as np
 
 from ..core import concurrency
 from ..core.audio import decode_audio
@@ -149,8 +148,9 @@ class JobRunner(Protocol):
     def stop(self) -> None:
         """Stop; unfinished jobs stay queued in the store for the next start."""
 
-    def run(self, job: Job, audio: np.ndarray) -> None:
-        """Queue a stored job (``audio``: its decoded upload). Raises ApplianceError when it cannot be queued."""
+    def run(self, job: Job) -> None:
+        """Queue a stored job; its stored upload is decoded when it runs. Raises ApplianceError when it cannot be
+        queued."""
 
     def cancel(self, job_id: str) -> None:
         """Stop work on a job (the store records the cancel)."""
@@ -273,18 +273,20 @@ class JobQueue:
             publish_final(self.events, job)
             return job_view(job)
 
-        audio = decode_audio(spooled.path, tmp_dir=str(self.transcription.tmp_dir),
-                             max_seconds=self.transcription.settings.max_audio_seconds)
+        # Decoded to refuse bad audio before the 202 and to know its length; the samples are not kept: the
+        # runner decodes the stored file again when the job's turn comes.
+        duration = len(decode_audio(spooled.path, tmp_dir=str(self.transcription.tmp_dir),
+                                    max_seconds=self.transcription.settings.max_audio_seconds)) / SAMPLE_RATE
         job_id = uuid.uuid4().hex
         path = self.jobs_dir / f"{job_id}{upload_extension(spooled.filename)}"
         _keep_copy(spooled.path, path)
         try:
-            job = self.store.create(spooled.filename, str(path), record, duration=len(audio) / SAMPLE_RATE,
+            job = self.store.create(spooled.filename, str(path), record, duration=duration,
                                     job_id=job_id, owner_id=owner.user_id)
         except BaseException:
             path.unlink(missing_ok=True)
             raise
-        self.runner.run(job, audio)
+        self.runner.run(job)
         log.info("job %s queued: %s, %.1f s of audio", job.id, job.filename, job.duration or 0.0)
         return self._view(job)
 
@@ -335,7 +337,7 @@ class JobQueue:
             return job_view(job), True
         self.runner.cancel(job_id)
         job = self.store.cancel(job_id)
-        # The audio of a running job is already in memory: its file can go now.
+        # A running job decoded its file when it started: the file can go now.
         if job.upload_path:
             Path(job.upload_path).unlink(missing_ok=True)
         log.info("job %s cancelled", job_id)
