@@ -339,6 +339,27 @@ def test_opus_silence_longer_than_the_cap_stops_ffmpeg(tmp_path):
     assert not ffmpeg_children()
 
 
+def test_every_ffmpeg_reads_only_files_and_pipes_and_runs_without_a_shell(variants, webm_stream, monkeypatch):
+    import whisper_appliance.core.audio as audio_module
+
+    calls: list[tuple[object, dict]] = []
+    real = audio_module.subprocess.Popen
+
+    def spy(args, **kwargs):
+        calls.append((args, kwargs))
+        return real(args, **kwargs)
+
+    monkeypatch.setattr(audio_module.subprocess, "Popen", spy)
+    decode_audio(variants[".mp3"])
+    with StreamDecoder() as dec:
+        dec.feed(webm_stream[:4096])
+    assert len(calls) == 2
+    for args, kwargs in calls:
+        assert isinstance(args, list) and not kwargs.get("shell")
+        at = args.index("-protocol_whitelist")
+        assert args[at + 1] == "file,pipe" and at < args.index("-i")
+
+
 def test_missing_ffmpeg_is_a_clear_error(variants, monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(ApplianceError, match="ffmpeg is not installed"):

@@ -24,7 +24,7 @@ from whisper_appliance.services.database import Database
 from whisper_appliance.services.history import HistoryStore
 from whisper_appliance.services.job_runner import LocalJobRunner
 from whisper_appliance.services.job_store import JobStore
-from whisper_appliance.services.jobs import JobQueue, estimate_eta, jobs_dir, upload_extension
+from whisper_appliance.services.jobs import JobQueue, estimate_eta, jobs_dir
 from whisper_appliance.services.scheduler import InferenceScheduler, Priority
 from whisper_appliance.services.transcription import TranscriptionService, spool_upload
 
@@ -121,11 +121,20 @@ def block_scheduler(scheduler: InferenceScheduler) -> threading.Event:
 
 
 # -- pure helpers ---------------------------------------------------------------------------------------------
-def test_upload_extension_takes_only_a_plain_suffix():
-    assert upload_extension("talk.MP3") == ".mp3"
-    assert upload_extension("../../etc/passwd") == ".audio"
-    assert upload_extension("x.tar;rm -rf") == ".audio"
-    assert upload_extension(None) == ".audio"
+def test_job_files_have_a_fixed_extension_whatever_the_client_named_them(env):
+    gate = block_scheduler(env.scheduler)
+    try:
+        names = ("talk.MP3", "list.m3u8", "../../etc/passwd", "x.tar;rm -rf")
+        ids = []
+        for n, name in enumerate(names):
+            with open(env.wav(1.0 + n), "rb") as f:
+                spooled = spool_upload(f, env.settings.data_dir / "tmp", name, 10 * 1024 ** 2)
+            ids.append(env.queue.submit(spooled, TranscribeOptions(), owner=GUEST).job_id)
+            spooled.path.unlink()
+        stored = sorted(p.name for p in env.job_files(settle=0))
+        assert stored == sorted(f"{job_id}.audio" for job_id in ids)
+    finally:
+        gate.set()
 
 
 def test_eta_extrapolates_processing_time():
@@ -141,7 +150,7 @@ def test_job_completes_into_history_and_its_file_is_deleted(env):
     try:
         view = env.submit(env.wav(3.0, "talk.wav"), output="srt")
         assert view.status == "queued"
-        assert [p.name for p in env.job_files(settle=0)] == [f"{view.job_id}.wav"]
+        assert [p.name for p in env.job_files(settle=0)] == [f"{view.job_id}.audio"]
         assert not list((env.settings.data_dir / "tmp").iterdir()), "the request's temp file is not the job's"
     finally:
         gate.set()

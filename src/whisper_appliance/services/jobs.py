@@ -3,7 +3,7 @@
 ``JobQueue`` owns what a job is between ``POST /api/jobs`` and its runner:
 
 * the upload is decoded once when it is accepted (so non-audio is refused before the 202, and the duration is
-  known for ordering), then only its compressed file is kept, under ``DATA_DIR/jobs/<job_id><ext>``, until the
+  known for ordering), then only its compressed file is kept, under ``DATA_DIR/jobs/<job_id>.audio``, until the
   job ends (the runner decodes it again when the job's turn comes);
 * identical audio with the same options completes at once from the result cache;
 * the stored job is handed to a ``JobRunner`` (the Protocol below), which executes it and records its result:
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -44,18 +43,10 @@ from .transcription import SpooledAudio, TranscriptionResult, TranscriptionServi
 log = logging.getLogger(__name__)
 
 FINISHING_WAIT = 10.0  # how long a restore waits for jobs whose transcription is done to be stored
-_EXTENSION = re.compile(r"\.[a-z0-9]{1,8}")
+# Stored uploads are named <job_id>.audio whatever the client called them: ffmpeg then picks the demuxer from
+# the content alone, and a name like "x.m3u8" cannot choose a playlist demuxer.
+JOB_FILE_SUFFIX = ".audio"
 _OPTION_FIELDS = frozenset(f.name for f in fields(TranscribeOptions))
-
-
-def upload_extension(filename: str | None) -> str:
-    """The stored file's extension: the upload's own when it is short and plain, else ``.audio``.
-
-    Only the extension is taken from the client (ffmpeg does not need it, people reading the folder do);
-    the rest of the stored name is the job id.
-    """
-    suffix = Path(filename or "").suffix.lower()
-    return suffix if _EXTENSION.fullmatch(suffix) else ".audio"
 
 
 def estimate_eta(busy_seconds: float, progress: float) -> float | None:
@@ -278,7 +269,7 @@ class JobQueue:
         duration = len(decode_audio(spooled.path, tmp_dir=str(self.transcription.tmp_dir),
                                     max_seconds=self.transcription.settings.max_audio_seconds)) / SAMPLE_RATE
         job_id = uuid.uuid4().hex
-        path = self.jobs_dir / f"{job_id}{upload_extension(spooled.filename)}"
+        path = self.jobs_dir / f"{job_id}{JOB_FILE_SUFFIX}"
         _keep_copy(spooled.path, path)
         try:
             job = self.store.create(spooled.filename, str(path), record, duration=duration,
