@@ -97,6 +97,7 @@ class Appliance:
         return app
 
     def start(self, *, load_model: bool = True) -> None:
+        self.transcription.clean_tmp()  # before serving: nothing in it belongs to a request of this process
         self.scheduler.start()
         self.retention.start()
         if load_model:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Generator, Iterator
@@ -111,6 +112,24 @@ class TranscriptionService:
         self.tmp_dir = Path(settings.data_dir) / "tmp"
 
     # -- uploads -----------------------------------------------------------------------------------------------
+    def clean_tmp(self) -> int:
+        """Remove what a previous process left in ``DATA_DIR/tmp`` (spooled uploads, decode and backup temp
+        files: every one belongs to a request that ended with that process). Call before serving. Returns the
+        count removed."""
+        if not self.tmp_dir.is_dir():
+            return 0
+        removed = 0
+        for path in self.tmp_dir.iterdir():
+            if path.is_file() or path.is_symlink():
+                path.unlink(missing_ok=True)
+                removed += 1
+            elif path.is_dir():
+                shutil.rmtree(path)
+                removed += 1
+        if removed:
+            log.info("removed %d leftover temp file(s) from %s", removed, self.tmp_dir)
+        return removed
+
     @contextmanager
     def spooled(self, stream: IO[bytes], filename: str) -> Iterator[SpooledAudio]:
         """Spool an upload and guarantee its temp file is gone afterwards, errors included."""
