@@ -36,7 +36,15 @@ from typing import Any
 import numpy as np
 
 from .concurrency import real_threading, start_os_thread, wait_blocking
-from .errors import ApplianceError, AudioDecodeError, AudioTooLong, EmptyAudio, InvalidInput
+from .errors import (
+    ApplianceError,
+    AudioDecodeError,
+    AudioTooLong,
+    EmptyAudio,
+    InvalidInput,
+    disk_full,
+    is_disk_full,
+)
 from .records import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
@@ -402,8 +410,13 @@ def decode_audio(source: str | os.PathLike | bytes, *, sample_rate: int = SAMPLE
         _check_complete(data[:_WAV_HEAD_BYTES], data[-_OGG_TAIL_BYTES:], len(data))
         fd, path = tempfile.mkstemp(prefix="whisper-audio-", suffix=".bin", dir=tmp_dir)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+            except OSError as exc:
+                if is_disk_full(exc):
+                    raise disk_full("the audio's temp file", exc) from exc
+                raise
             return _decode_path(path, sample_rate=sample_rate, timeout=timeout, max_seconds=max_seconds)
         finally:
             os.unlink(path)

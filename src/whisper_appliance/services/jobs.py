@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 from ..core import concurrency
 from ..core.audio import decode_audio
-from ..core.errors import ApplianceError, Conflict, InvalidInput, NotFound
+from ..core.errors import ApplianceError, Conflict, InvalidInput, NotFound, disk_full, is_disk_full
 from ..core.identity import SYSTEM, OwnerFilter, Principal
 from ..core.options import check_language_for_model
 from ..core.records import SAMPLE_RATE, TranscribeOptions
@@ -378,4 +378,10 @@ def _keep_copy(src: Path, dest: Path) -> None:
     try:
         os.link(src, dest)
     except OSError:
-        shutil.copyfile(src, dest)
+        try:
+            shutil.copyfile(src, dest)
+        except OSError as exc:
+            dest.unlink(missing_ok=True)  # a partial copy is no job file
+            if is_disk_full(exc):
+                raise disk_full("the job's file", exc) from exc
+            raise

@@ -26,7 +26,7 @@ from ..core import concurrency
 from ..core.audio import decode_audio
 from ..core.config import Settings
 from ..core.engines.base import Engine, ProgressCallback
-from ..core.errors import Conflict, EmptyAudio, ModelUnavailable, PayloadTooLarge
+from ..core.errors import Conflict, EmptyAudio, ModelUnavailable, PayloadTooLarge, disk_full, is_disk_full
 from ..core.identity import Principal
 from ..core.options import check_language_for_model
 from ..core.records import LanguageDetection, Segment, TranscribeOptions, Transcript
@@ -95,8 +95,10 @@ def spool_upload(stream: IO[bytes], directory: Path, filename: str, max_size: in
                 out.write(chunk)
         if size == 0:
             raise EmptyAudio("the uploaded file is empty")
-    except BaseException:
+    except BaseException as exc:
         path.unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise disk_full("the upload", exc) from exc
         raise
     return SpooledAudio(path=path, sha256=digest.hexdigest(), size=size, filename=filename)
 
