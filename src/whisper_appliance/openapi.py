@@ -275,7 +275,8 @@ def components() -> dict[str, Any]:
                                        "leak)."),
             "Conflict": error_response("The request conflicts with the appliance's state, e.g. another model is "
                                        "loaded (the message names the loaded model)."),
-            "PayloadTooLarge": error_response("The upload is larger than MAX_UPLOAD_SIZE."),
+            "PayloadTooLarge": error_response("The upload is larger than MAX_UPLOAD_SIZE (`payload_too_large`), or its "
+                                              "decoded audio longer than MAX_AUDIO_SECONDS (`audio_too_long`)."),
             "UnsupportedMedia": error_response("The file is not audio or cannot be decoded."),
             "RateLimited": error_response("Too many requests; see Retry-After."),
             "ModelUnavailable": error_response("No model is ready (loading or failed); see Retry-After."),

@@ -531,3 +531,21 @@ def test_no_retention_task_when_zero(make_app, tmp_path):
     appliance.start(load_model=False)
     assert not appliance.retention.running
     assert appliance.history.search(SYSTEM).total == 1
+
+
+def test_start_removes_leftovers_from_data_dir_tmp(make_app, tmp_path):
+    data_dir = tmp_path / "leftovers"
+    tmp = data_dir / "tmp"
+    tmp.mkdir(parents=True)
+    for name in ("upload-abc.audio", "whisper-audio-x.bin", "restore-1.db"):
+        (tmp / name).write_bytes(b"left by a killed process")
+    (tmp / "stray-dir").mkdir()
+    (data_dir / "keep.txt").write_text("not in tmp")
+    app = make_app(data_dir=data_dir)
+    appliance = app.extensions["appliance"]
+    appliance.start(load_model=False)
+    try:
+        assert list(tmp.iterdir()) == []
+        assert (data_dir / "keep.txt").exists()
+    finally:
+        appliance.stop()

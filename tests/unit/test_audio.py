@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import random
 import struct
+import subprocess
 import time
 import zlib
 from pathlib import Path
@@ -26,7 +27,13 @@ from whisper_appliance.core.audio import (
     probe_audio,
     wav_truncation_problem,
 )
-from whisper_appliance.core.errors import ApplianceError, AudioDecodeError, EmptyAudio, InvalidInput
+from whisper_appliance.core.errors import (
+    ApplianceError,
+    AudioDecodeError,
+    AudioTooLong,
+    EmptyAudio,
+    InvalidInput,
+)
 
 SR = 16_000
 
@@ -272,6 +279,85 @@ def test_timeout_kills_ffmpeg_and_cleans_up(variants, tmp_path):
         decode_audio(variants[".m4a"].read_bytes(), timeout=0, tmp_dir=str(tmp_path))
     assert list(tmp_path.iterdir()) == []
     assert not ffmpeg_children()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# MAX_AUDIO_SECONDS and absurd sample rates (decoded-size amplification)
+
+
+def wav_bytes(samples: int, rate: int) -> bytes:
+    """A mono 16-bit WAV of ``samples`` zero samples whose header claims ``rate`` Hz."""
+    data = b"\0" * (2 * samples)
+    fmt = struct.pack("<HHIIHH", 1, 1, rate, rate * 2, 2, 16)
+    return (b"RIFF" + struct.pack("<I", 4 + 8 + len(fmt) + 8 + len(data)) + b"WAVE"
+            + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data)
+
+
+def silence(tmp_path: Path, suffix: str, seconds: int, *codec: str) -> Path:
+    """``seconds`` of silence encoded by ffmpeg (lavfi anullsrc): compresses to almost nothing."""
+    out = tmp_path / f"silence{suffix}"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i", "anullsrc=r=48000:cl=mono",
+                    "-t", str(seconds), *codec, str(out)], check=True)
+    return out
+
+
+@pytest.mark.parametrize("rate", [1, 999, 400_000])
+def test_wav_claiming_an_absurd_sample_rate_is_refused_before_decoding(rate, tmp_path):
+    # 40 KB claiming 1 Hz: it used to be "resampled" into 5.5 h and 1.2 GiB of float32.
+    data = wav_bytes(20_000, rate)
+    with pytest.raises(AudioDecodeError, match="sample rate") as exc:
+        decode_audio(data, tmp_dir=str(tmp_path))
+    assert exc.value.code == "unsupported_sample_rate"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_wav_longer_than_the_cap_is_refused_from_its_header(tmp_path):
+    data = wav_bytes(16_000 * 3, 16_000)
+    assert decode_audio(data, max_seconds=3).size == 16_000 * 3
+    with pytest.raises(AudioTooLong, match="MAX_AUDIO_SECONDS") as exc:
+        decode_audio(data, max_seconds=2, tmp_dir=str(tmp_path))
+    assert (exc.value.status, exc.value.code) == (413, "audio_too_long")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_flac_silence_longer_than_the_cap_is_refused_from_its_header(tmp_path):
+    flac = silence(tmp_path, ".flac", 60)
+    with pytest.raises(AudioTooLong):
+        decode_audio(flac, max_seconds=30)
+
+
+def test_opus_silence_longer_than_the_cap_stops_ffmpeg(tmp_path):
+    opus = silence(tmp_path, ".opus", 120, "-c:a", "libopus")
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    assert opus.stat().st_size < 200_000
+    assert decode_audio(opus, max_seconds=200).size == pytest.approx(120 * SR, abs=SR)
+    with pytest.raises(AudioTooLong) as exc:
+        decode_audio(opus.read_bytes(), max_seconds=10, tmp_dir=str(spool))
+    assert exc.value.status == 413
+    assert list(spool.iterdir()) == []
+    assert not ffmpeg_children()
+
+
+def test_every_ffmpeg_reads_only_files_and_pipes_and_runs_without_a_shell(variants, webm_stream, monkeypatch):
+    import whisper_appliance.core.audio as audio_module
+
+    calls: list[tuple[object, dict]] = []
+    real = audio_module.subprocess.Popen
+
+    def spy(args, **kwargs):
+        calls.append((args, kwargs))
+        return real(args, **kwargs)
+
+    monkeypatch.setattr(audio_module.subprocess, "Popen", spy)
+    decode_audio(variants[".mp3"])
+    with StreamDecoder() as dec:
+        dec.feed(webm_stream[:4096])
+    assert len(calls) == 2
+    for args, kwargs in calls:
+        assert isinstance(args, list) and not kwargs.get("shell")
+        at = args.index("-protocol_whitelist")
+        assert args[at + 1] == "file,pipe" and at < args.index("-i")
 
 
 def test_missing_ffmpeg_is_a_clear_error(variants, monkeypatch, tmp_path):

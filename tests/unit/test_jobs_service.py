@@ -24,7 +24,7 @@ from whisper_appliance.services.database import Database
 from whisper_appliance.services.history import HistoryStore
 from whisper_appliance.services.job_runner import LocalJobRunner
 from whisper_appliance.services.job_store import JobStore
-from whisper_appliance.services.jobs import JobQueue, estimate_eta, jobs_dir, upload_extension
+from whisper_appliance.services.jobs import JobQueue, estimate_eta, jobs_dir
 from whisper_appliance.services.scheduler import InferenceScheduler, Priority
 from whisper_appliance.services.transcription import TranscriptionService, spool_upload
 
@@ -121,11 +121,20 @@ def block_scheduler(scheduler: InferenceScheduler) -> threading.Event:
 
 
 # -- pure helpers ---------------------------------------------------------------------------------------------
-def test_upload_extension_takes_only_a_plain_suffix():
-    assert upload_extension("talk.MP3") == ".mp3"
-    assert upload_extension("../../etc/passwd") == ".audio"
-    assert upload_extension("x.tar;rm -rf") == ".audio"
-    assert upload_extension(None) == ".audio"
+def test_job_files_have_a_fixed_extension_whatever_the_client_named_them(env):
+    gate = block_scheduler(env.scheduler)
+    try:
+        names = ("talk.MP3", "list.m3u8", "../../etc/passwd", "x.tar;rm -rf")
+        ids = []
+        for n, name in enumerate(names):
+            with open(env.wav(1.0 + n), "rb") as f:
+                spooled = spool_upload(f, env.settings.data_dir / "tmp", name, 10 * 1024 ** 2)
+            ids.append(env.queue.submit(spooled, TranscribeOptions(), owner=GUEST).job_id)
+            spooled.path.unlink()
+        stored = sorted(p.name for p in env.job_files(settle=0))
+        assert stored == sorted(f"{job_id}.audio" for job_id in ids)
+    finally:
+        gate.set()
 
 
 def test_eta_extrapolates_processing_time():
@@ -141,7 +150,7 @@ def test_job_completes_into_history_and_its_file_is_deleted(env):
     try:
         view = env.submit(env.wav(3.0, "talk.wav"), output="srt")
         assert view.status == "queued"
-        assert [p.name for p in env.job_files(settle=0)] == [f"{view.job_id}.wav"]
+        assert [p.name for p in env.job_files(settle=0)] == [f"{view.job_id}.audio"]
         assert not list((env.settings.data_dir / "tmp").iterdir()), "the request's temp file is not the job's"
     finally:
         gate.set()
@@ -398,3 +407,75 @@ def test_a_submission_still_being_checked_keeps_a_restore_off(env, monkeypatch):
     assert env.wait(submitted[0].job_id).status == "completed"
     with env.queue.suspended():
         pass
+
+
+def arrays_reachable(root: object, depth: int = 6) -> list[np.ndarray]:
+    """numpy arrays reachable from ``root`` through attributes, containers and function closures."""
+    found: list[np.ndarray] = []
+    seen: set[int] = set()
+
+    def walk(obj: object, level: int) -> None:
+        if id(obj) in seen or level > depth or isinstance(obj, (str, bytes, int, float, type)):
+            return
+        seen.add(id(obj))
+        if isinstance(obj, np.ndarray):
+            found.append(obj)
+            return
+        children: list[object] = []
+        if isinstance(obj, dict):
+            children += list(obj.values())
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            children += list(obj)
+        if callable(obj) and getattr(obj, "__closure__", None):
+            children += [cell.cell_contents for cell in obj.__closure__]
+        if hasattr(obj, "__dict__") and not isinstance(obj, type):
+            children += list(vars(obj).values())
+        for child in children:
+            walk(child, level + 1)
+
+    walk(root, 0)
+    return found
+
+
+def test_queued_jobs_hold_no_decoded_audio(env):
+    gate = block_scheduler(env.scheduler)
+    try:
+        ids = [env.submit(env.wav(seconds)).job_id for seconds in (3.0, 4.0, 5.0)]
+        queued = [t for t in env.scheduler._queue if t.label.startswith("job:")]
+        assert len(queued) == 3
+        assert arrays_reachable(queued) == []
+        assert arrays_reachable(env.queue.runner._active) == []
+        # The stored duration still orders them, shortest first.
+        assert [env.queue.get(SYSTEM, i).queue_position for i in ids] == [1, 2, 3]
+    finally:
+        gate.set()
+    assert all(env.wait(i).status == "completed" for i in ids)
+
+
+def test_a_restart_decodes_no_job_up_front(env, monkeypatch):
+    import whisper_appliance.services.job_runner as job_runner
+
+    env.queue.stop()
+    jobs_dir = env.settings.data_dir / "jobs"
+    jobs_dir.mkdir(parents=True, exist_ok=True)
+    options = {"transcribe": {"language": "en", "beam_size": 1}, "output": "txt", "audio_sha256": ""}
+    ids = []
+    for n, seconds in enumerate((3.0, 4.0)):
+        path = jobs_dir / f"job{n}.audio"
+        env.wav(seconds).rename(path)
+        ids.append(env.store.create(f"job{n}.wav", str(path), options, duration=seconds, job_id=f"job{n}").id)
+    decoded: list[object] = []
+    real = job_runner.decode_audio
+    monkeypatch.setattr(job_runner, "decode_audio", lambda *a, **k: decoded.append(a) or real(*a, **k))
+    gate = block_scheduler(env.scheduler)
+    try:
+        env.queue = env.new_queue()
+        deadline = time.monotonic() + 5
+        while len([t for t in env.scheduler._queue if t.label.startswith("job:")]) < 2 and time.monotonic() < deadline:
+            time.sleep(0.005)  # the resume thread queues them
+        assert decoded == []
+        assert arrays_reachable(list(env.scheduler._queue)) == []
+    finally:
+        gate.set()
+    assert all(env.wait(i).status == "completed" for i in ids)
+    assert len(decoded) == 2  # each decoded once, when its turn came

@@ -36,7 +36,15 @@ from typing import Any
 import numpy as np
 
 from .concurrency import real_threading, start_os_thread, wait_blocking
-from .errors import ApplianceError, AudioDecodeError, EmptyAudio, InvalidInput
+from .errors import (
+    ApplianceError,
+    AudioDecodeError,
+    AudioTooLong,
+    EmptyAudio,
+    InvalidInput,
+    disk_full,
+    is_disk_full,
+)
 from .records import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
@@ -52,6 +60,12 @@ _WAV_HEAD_BYTES = 1 << 20
 # An Ogg page is at most 27 + 255 + 255 * 255 bytes.
 _OGG_TAIL_BYTES = 27 + 255 + 255 * 255
 _READ_SIZE = 1 << 16
+# Sample rates a real recording can have. A header claiming 1 Hz would be "resampled" into hours of audio: a
+# 40 KB file became 5.5 h and 1.2 GiB of float32.
+MIN_SAMPLE_RATE = 1000
+MAX_SAMPLE_RATE = 384_000
+# Every ffmpeg reads local files and pipes only: a crafted playlist or container must not make it fetch URLs.
+_FFMPEG_INPUT_OPTIONS = ("-protocol_whitelist", "file,pipe")
 
 
 @dataclass(frozen=True)
@@ -378,8 +392,12 @@ class _FfmpegProcess:
 
 
 def decode_audio(source: str | os.PathLike | bytes, *, sample_rate: int = SAMPLE_RATE, timeout: float = 600,
-                 tmp_dir: str | None = None) -> np.ndarray:
+                 tmp_dir: str | None = None, max_seconds: float | None = None) -> np.ndarray:
     """Decode a file path or encoded bytes to mono float32 in [-1, 1] at ``sample_rate`` (16 kHz).
+
+    ``max_seconds`` caps the decoded duration before it is allocated (``AudioTooLong``, 413): from the header on
+    the libsndfile path, by counting ffmpeg's output (and stopping ffmpeg) otherwise. Sample rates outside
+    ``MIN_SAMPLE_RATE``..``MAX_SAMPLE_RATE`` are refused (``AudioDecodeError``).
 
     Bytes are written to a temporary file (MP4/M4A with the index at the end cannot be read from a pipe), which
     is always deleted. Raises ``EmptyAudio`` for no samples, ``AudioDecodeError`` for non-audio or truncated
@@ -392,9 +410,14 @@ def decode_audio(source: str | os.PathLike | bytes, *, sample_rate: int = SAMPLE
         _check_complete(data[:_WAV_HEAD_BYTES], data[-_OGG_TAIL_BYTES:], len(data))
         fd, path = tempfile.mkstemp(prefix="whisper-audio-", suffix=".bin", dir=tmp_dir)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            return _decode_path(path, sample_rate=sample_rate, timeout=timeout)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+            except OSError as exc:
+                if is_disk_full(exc):
+                    raise disk_full("the audio's temp file", exc) from exc
+                raise
+            return _decode_path(path, sample_rate=sample_rate, timeout=timeout, max_seconds=max_seconds)
         finally:
             os.unlink(path)
 
@@ -410,7 +433,7 @@ def decode_audio(source: str | os.PathLike | bytes, *, sample_rate: int = SAMPLE
         f.seek(max(0, size - _OGG_TAIL_BYTES))
         tail = f.read()
     _check_complete(head, tail, size)
-    return _decode_path(path, sample_rate=sample_rate, timeout=timeout)
+    return _decode_path(path, sample_rate=sample_rate, timeout=timeout, max_seconds=max_seconds)
 
 
 def _check_complete(head: bytes, tail: bytes, total_size: int) -> None:
@@ -420,16 +443,27 @@ def _check_complete(head: bytes, tail: bytes, total_size: int) -> None:
         raise AudioDecodeError(problem)
 
 
-def _decode_path(path: str, *, sample_rate: int, timeout: float) -> np.ndarray:
-    audio = _read_with_soundfile(path, sample_rate)
+def _decode_path(path: str, *, sample_rate: int, timeout: float, max_seconds: float | None) -> np.ndarray:
+    audio = _read_with_soundfile(path, sample_rate, max_seconds)
     if audio is None:
-        audio = _read_with_ffmpeg(path, sample_rate, timeout)
+        audio = _read_with_ffmpeg(path, sample_rate, timeout, max_seconds)
     if audio.size == 0:
         raise EmptyAudio("the audio has no samples")
     return audio
 
 
-def _read_with_soundfile(path: str, sample_rate: int) -> np.ndarray | None:
+def too_long(seconds: float, max_seconds: float) -> AudioTooLong:
+    return AudioTooLong(f"the audio is longer than the limit of {max_seconds:g} s (MAX_AUDIO_SECONDS)"
+                        + (f": it lasts {seconds:.0f} s" if seconds > max_seconds else ""))
+
+
+def check_sample_rate(rate: int) -> None:
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise AudioDecodeError(f"the audio claims a sample rate of {rate} Hz; accepted are {MIN_SAMPLE_RATE} to "
+                               f"{MAX_SAMPLE_RATE} Hz", code="unsupported_sample_rate")
+
+
+def _read_with_soundfile(path: str, sample_rate: int, max_seconds: float | None) -> np.ndarray | None:
     """The libsndfile fast path; None when the file is not a format it should handle."""
     import soundfile as sf
 
@@ -445,6 +479,10 @@ def _read_with_soundfile(path: str, sample_rate: int) -> np.ndarray | None:
         return None
     if info.format not in _FAST_FORMATS and not (info.format == "OGG" and info.subtype in _FAST_OGG_SUBTYPES):
         return None
+    # The header decides before anything is allocated: its rate, and its length (frames) at that rate.
+    check_sample_rate(info.samplerate)
+    if max_seconds is not None and info.frames / info.samplerate > max_seconds:
+        raise too_long(info.frames / info.samplerate, max_seconds)
     try:
         data, sr = sf.read(path, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as exc:
@@ -455,21 +493,54 @@ def _read_with_soundfile(path: str, sample_rate: int) -> np.ndarray | None:
     return _resample(mono, sr, sample_rate)
 
 
-def _read_with_ffmpeg(path: str, sample_rate: int, timeout: float) -> np.ndarray:
-    args = [ffmpeg_binary(), "-nostdin", "-v", "error", "-threads", "0", "-i", path,
+def _read_with_ffmpeg(path: str, sample_rate: int, timeout: float, max_seconds: float | None) -> np.ndarray:
+    args = [ffmpeg_binary(), "-nostdin", "-v", "error", "-threads", "0", *_FFMPEG_INPUT_OPTIONS, "-i", path,
             "-vn", "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "pipe:1"]
-    chunks: list[bytes] = []
-    proc = _FfmpegProcess(args, on_stdout=chunks.append, with_stdin=False, name="ffmpeg-decode")
+    output = _CappedOutput(None if max_seconds is None else int(max_seconds * sample_rate) * 4)
+    proc = _FfmpegProcess(args, on_stdout=output.append, with_stdin=False, name="ffmpeg-decode")
+    output.proc = proc.proc
+    if output.overflowed:  # the cap was passed before the reader knew the process
+        proc.kill()
     if not proc.finish(timeout):
         raise AudioDecodeError(f"decoding the audio took longer than {timeout:g} s and was stopped")
+    if output.overflowed:
+        assert max_seconds is not None
+        raise too_long(0.0, max_seconds)
     stderr = proc.stderr_text
     # Error-level output counts as failure even with exit status 0: that is how ffmpeg reports a corrupt
     # stream it decoded only partly.
     if proc.proc.returncode != 0 or stderr:
         raise AudioDecodeError(ffmpeg_error_message(stderr, input_name=path))
-    raw = b"".join(chunks)
-    audio = np.frombuffer(raw[: len(raw) - len(raw) % 4], dtype="<f4")
+    raw = output.data
+    audio = np.frombuffer(raw, dtype="<f4", count=len(raw) // 4)
     return np.clip(audio, -1.0, 1.0).astype(np.float32, copy=False)
+
+
+class _CappedOutput:
+    """ffmpeg's stdout, kept up to ``limit`` bytes; past it ffmpeg is killed and the rest is dropped.
+
+    Runs on the stdout reader thread, so it only signals ffmpeg (``Popen.kill``); reaping stays with ``finish``.
+    """
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.data = bytearray()
+        self.overflowed = False
+        self.proc: subprocess.Popen | None = None
+
+    def append(self, chunk: bytes) -> None:
+        if self.overflowed:
+            return
+        if self.limit is not None and len(self.data) + len(chunk) > self.limit:
+            self.overflowed = True
+            self.data = bytearray()
+            if self.proc is not None and self.proc.poll() is None:
+                try:
+                    self.proc.kill()
+                except ProcessLookupError:
+                    pass  # it ended on its own meanwhile
+            return
+        self.data += chunk
 
 
 def probe_audio(path: str | os.PathLike) -> AudioInfo:
@@ -530,7 +601,8 @@ class StreamDecoder:
         self._magic = _STREAM_MAGIC.get(input_format)
         self._head = b""
         self._rejected: str | None = None
-        args = [ffmpeg_binary(), "-nostdin", "-loglevel", "error", "-f", input_format, "-i", "pipe:0",
+        args = [ffmpeg_binary(), "-nostdin", "-loglevel", "error", *_FFMPEG_INPUT_OPTIONS, "-f", input_format,
+                "-i", "pipe:0",
                 "-f", "s16le", "-ac", "1", "-ar", str(sample_rate), "pipe:1"]
         self._proc = _FfmpegProcess(args, on_stdout=self._on_pcm, with_stdin=True, name="ffmpeg-stream")
         log.debug("stream decoder %s started for %s", self._proc.pid, input_format)

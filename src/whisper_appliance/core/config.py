@@ -83,6 +83,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("SSL_CERT_PATH", "", "Your own certificate (PEM); used as is."),
     Variable("SSL_KEY_PATH", "", "Your own private key (PEM)."),
     Variable("MAX_UPLOAD_SIZE", "100MB", "Largest upload, e.g. 500KB, 100MB, 2GB."),
+    Variable("MAX_AUDIO_SECONDS", "14400", "Longest decoded upload, in seconds (refused with 413 before it is "
+                                           "decoded into memory)."),
     Variable("ADMIN_PASSWORD", "", "Password of the account 'admin' (set, enabled and made an admin at every start); "
                                    "if empty, a first admin is created with a generated password, logged once."),
     Variable("API_KEYS", "", "Comma-separated tokens accepted as 'Authorization: Bearer': 'transcribe' tokens of "
@@ -136,6 +138,7 @@ class Settings:
     ssl_cert_path: Path | None = None
     ssl_key_path: Path | None = None
     max_upload_size: int = 100 * 1024 ** 2
+    max_audio_seconds: int = 14400
     admin_password: str = field(default="", repr=False)
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     require_auth: bool = False
@@ -197,7 +200,7 @@ class Settings:
         for name in ("max_upload_size", "history_max_text_length", "search_timeout_ms", "live_max_sessions",
                      "live_max_sessions_per_client", "live_max_chunk_size", "live_max_session_seconds",
                      "live_max_chunks_per_second", "socket_timeout", "keepalive_timeout", "max_connections",
-                     "max_connections_per_ip"):
+                     "max_connections_per_ip", "max_audio_seconds"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name.upper()} must be greater than 0")
         if bool(self.ssl_cert_path) != bool(self.ssl_key_path):
@@ -219,7 +222,7 @@ class Settings:
 _INTS = {"cpu_threads", "inference_workers", "https_port", "http_port", "history_retention_days",
          "history_max_text_length", "search_timeout_ms", "live_max_sessions", "live_max_sessions_per_client",
          "live_idle_timeout", "live_max_session_seconds", "live_max_chunks_per_second", "live_resume_seconds",
-         "socket_timeout", "keepalive_timeout", "max_connections", "max_connections_per_ip"}
+         "socket_timeout", "keepalive_timeout", "max_connections", "max_connections_per_ip", "max_audio_seconds"}
 _BOOLS = {"model_downloads", "http_redirect", "require_auth", "allow_registration", "result_cache"}
 _SIZES = {"max_upload_size", "live_max_chunk_size"}
 _DIRS = {"models_dir", "data_dir", "ssl_dir"}

@@ -7,6 +7,9 @@ shape, ``{"error": {"code": ..., "message": ...}}``; the CLI prints the message.
 
 from __future__ import annotations
 
+import errno
+import sqlite3
+
 
 class ApplianceError(Exception):
     """Base error: ``code`` (snake_case), ``message`` (for people), ``status`` (HTTP)."""
@@ -53,6 +56,12 @@ class PayloadTooLarge(ApplianceError):
     code = "payload_too_large"
 
 
+class AudioTooLong(PayloadTooLarge):
+    """The decoded audio would be longer than ``MAX_AUDIO_SECONDS`` (HTTP 413); refused before it is allocated."""
+
+    code = "audio_too_long"
+
+
 class NotFound(ApplianceError):
     status = 404
     code = "not_found"
@@ -76,6 +85,26 @@ class Forbidden(ApplianceError):
 class RateLimited(ApplianceError):
     status = 429
     code = "rate_limited"
+
+
+class InsufficientStorage(ApplianceError):
+    """The disk (or the database) is full: nothing was written, nothing already stored is lost (HTTP 507)."""
+
+    status = 507
+    code = "insufficient_storage"
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for "no space left" from the OS (ENOSPC, EDQUOT) or from SQLite (SQLITE_FULL)."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(exc, sqlite3.OperationalError):
+        return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
+    return False
+
+
+def disk_full(what: str, exc: BaseException) -> InsufficientStorage:
+    return InsufficientStorage(f"the server's disk is full: {what} could not be written ({exc})")
 
 
 class ModelUnavailable(ApplianceError):

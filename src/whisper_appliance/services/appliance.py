@@ -98,14 +98,17 @@ class Appliance:
         return app
 
     def start(self, *, load_model: bool = True) -> None:
+        self.transcription.clean_tmp()  # before serving: nothing in it belongs to a request of this process
         self.scheduler.start()
-        self.jobs.start()
         self.retention.start()
         if load_model:
             try:
                 self.models.load(self.settings.whisper_model, self.settings.whisper_engine, wait=False)
             except Exception:  # degraded mode: the server still starts and /health says why
                 log.exception("could not start loading model %s", self.settings.whisper_model)
+        # After the load has begun: resumed jobs are queued at once (nothing is decoded up front) and must find
+        # the model "loading" (they wait for it), not "unloaded" (they would fail).
+        self.jobs.start()
 
     def stop(self) -> None:
         """End everything ``start`` began (safe on an appliance that was never started)."""

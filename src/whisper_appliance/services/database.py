@@ -37,7 +37,7 @@ from functools import cache
 from pathlib import Path
 
 from ..core.concurrency import real_threading
-from ..core.errors import ApplianceError, InvalidInput
+from ..core.errors import ApplianceError, InvalidInput, disk_full, is_disk_full
 from ..core.identity import OwnerFilter, Principal
 
 log = logging.getLogger(__name__)
@@ -350,10 +350,13 @@ class Database:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if is_disk_full(exc):
+                    raise disk_full("the database change", exc) from exc
                 raise
-            conn.execute("COMMIT")
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:

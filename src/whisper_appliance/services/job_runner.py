@@ -10,7 +10,9 @@ history entry. ``LocalJobRunner`` is the in-process one:
   terminal status is published uncoalesced so it is never replaced;
 * a watcher thread turns finished tickets into history entries (``TranscriptionService.record``), failures
   into ``failed`` with a message, and removes the uploaded file in every case;
-* at start, jobs left queued or processing by a previous process are decoded again and resubmitted.
+* a queued job holds no decoded audio: its stored upload is decoded when its turn comes (and dropped when it
+  ends), so a long queue costs disk, not memory;
+* at start, jobs left queued or processing by a previous process are resubmitted (nothing is decoded up front).
 
 Another runner (a queue of worker processes) implements the same ``JobRunner`` Protocol (jobs.py).
 
@@ -56,7 +58,7 @@ class _Active:
     options: TranscribeOptions
     audio_sha256: str
     duration: float
-    ticket: Ticket[Any] | None = None  # None while its audio is still being decoded at start-up
+    ticket: Ticket[Any] | None = None  # None until it is submitted (at start-up: by the resume thread)
     progress: float = 0.0
     eta_seconds: float | None = None
     busy_seconds: float = 0.0  # inference time spent on it, for the ETA and the history entry
@@ -123,17 +125,18 @@ class LocalJobRunner:
             self._started = False
 
     # -- what JobQueue asks of a runner ------------------------------------------------------------------------
-    def run(self, job: Job, audio: np.ndarray) -> None:
-        """Queue an admitted job whose audio is decoded; a job that cannot be queued is failed and re-raised."""
+    def run(self, job: Job) -> None:
+        """Queue an admitted job (its upload decodes when its turn comes); one that cannot be queued is failed
+        and re-raised."""
         options = options_from_record(dict(job.options).get("transcribe", {}))
         active = _Active(job_id=job.id, filename=job.filename,
                          upload_path=Path(job.upload_path) if job.upload_path else None, options=options,
                          audio_sha256=str(dict(job.options).get("audio_sha256") or ""),
-                         duration=len(audio) / SAMPLE_RATE)
+                         duration=float(job.duration or 0.0))
         with self._cond:
             self._active[job.id] = active
         try:
-            self._enqueue(active, audio)
+            self._enqueue(active)
         except ApplianceError as exc:
             with self._cond:
                 self._active.pop(job.id, None)
@@ -169,20 +172,22 @@ class LocalJobRunner:
                                                 for a in self._active.values()), settle)
             return len(self._active)
 
-    def _enqueue(self, active: _Active, audio: np.ndarray) -> None:
-        ticket = self.scheduler.submit_steps(self._steps(active, audio), Priority.JOB, label=f"job:{active.job_id}",
+    def _enqueue(self, active: _Active) -> None:
+        ticket = self.scheduler.submit_steps(self._steps(active), Priority.JOB, label=f"job:{active.job_id}",
                                              remaining=active.remaining_audio)
         with self._cond:
             active.ticket = ticket
             self._cond.notify_all()
 
     # -- running (inference thread) ----------------------------------------------------------------------------
-    def _steps(self, active: _Active, audio: np.ndarray) -> Callable[[Engine], Generator[None, None, Transcript]]:
-        inner = self.transcription.steps(audio, active.options, lambda p: self._on_progress(active, p))
-
+    def _steps(self, active: _Active) -> Callable[[Engine], Generator[None, None, Transcript]]:
         def run(engine: Engine) -> Generator[None, None, Transcript]:
             self._mark_processing(active)
-            steps = inner(engine)
+            # Decoded only now, and held only by this generator: queued jobs keep no audio in memory.
+            audio = self._decode(active)
+            active.duration = len(audio) / SAMPLE_RATE
+            steps = self.transcription.steps(audio, active.options, lambda p: self._on_progress(active, p))(engine)
+            del audio
             while True:
                 active.step_started = time.monotonic()
                 try:
@@ -195,6 +200,13 @@ class LocalJobRunner:
                 yield
 
         return run
+
+    def _decode(self, active: _Active) -> np.ndarray:
+        if active.upload_path is None or not active.upload_path.is_file():
+            raise InvalidInput(f"the uploaded audio of this job is missing ({active.upload_path}); "
+                               "the job cannot be run, upload the file again")
+        return decode_audio(active.upload_path, tmp_dir=str(self.transcription.tmp_dir),
+                            max_seconds=self.transcription.settings.max_audio_seconds)
 
     def _mark_processing(self, active: _Active) -> None:
         # A model switch restarts the generator: the job is already processing then.
@@ -335,9 +347,7 @@ class LocalJobRunner:
                 if active.upload_path is None or not active.upload_path.is_file():
                     raise InvalidInput(f"the uploaded audio of this job is missing ({active.upload_path}); "
                                        "the job cannot be resumed, upload the file again")
-                audio = decode_audio(active.upload_path, tmp_dir=str(self.transcription.tmp_dir))
-                active.duration = len(audio) / SAMPLE_RATE
-                self._enqueue(active, audio)
+                self._enqueue(active)
                 log.info("job %s resumed (%s)", job.id, job.filename)
             except ApplianceError as exc:
                 with self._cond:

@@ -3,7 +3,8 @@
 ``JobQueue`` owns what a job is between ``POST /api/jobs`` and its runner:
 
 * the upload is decoded once when it is accepted (so non-audio is refused before the 202, and the duration is
-  known for ordering) and kept under ``DATA_DIR/jobs/<job_id><ext>`` until the job ends;
+  known for ordering), then only its compressed file is kept, under ``DATA_DIR/jobs/<job_id>.audio``, until the
+  job ends (the runner decodes it again when the job's turn comes);
 * identical audio with the same options completes at once from the result cache;
 * the stored job is handed to a ``JobRunner`` (the Protocol below), which executes it and records its result:
   ``LocalJobRunner`` (job_runner.py) runs jobs on this process's inference scheduler; a runner that hands them
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -30,11 +30,9 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
-
 from ..core import concurrency
 from ..core.audio import decode_audio
-from ..core.errors import ApplianceError, Conflict, InvalidInput, NotFound
+from ..core.errors import ApplianceError, Conflict, InvalidInput, NotFound, disk_full, is_disk_full
 from ..core.identity import SYSTEM, OwnerFilter, Principal
 from ..core.options import check_language_for_model
 from ..core.records import SAMPLE_RATE, TranscribeOptions
@@ -45,18 +43,10 @@ from .transcription import SpooledAudio, TranscriptionResult, TranscriptionServi
 log = logging.getLogger(__name__)
 
 FINISHING_WAIT = 10.0  # how long a restore waits for jobs whose transcription is done to be stored
-_EXTENSION = re.compile(r"\.[a-z0-9]{1,8}")
+# Stored uploads are named <job_id>.audio whatever the client called them: ffmpeg then picks the demuxer from
+# the content alone, and a name like "x.m3u8" cannot choose a playlist demuxer.
+JOB_FILE_SUFFIX = ".audio"
 _OPTION_FIELDS = frozenset(f.name for f in fields(TranscribeOptions))
-
-
-def upload_extension(filename: str | None) -> str:
-    """The stored file's extension: the upload's own when it is short and plain, else ``.audio``.
-
-    Only the extension is taken from the client (ffmpeg does not need it, people reading the folder do);
-    the rest of the stored name is the job id.
-    """
-    suffix = Path(filename or "").suffix.lower()
-    return suffix if _EXTENSION.fullmatch(suffix) else ".audio"
 
 
 def estimate_eta(busy_seconds: float, progress: float) -> float | None:
@@ -149,8 +139,9 @@ class JobRunner(Protocol):
     def stop(self) -> None:
         """Stop; unfinished jobs stay queued in the store for the next start."""
 
-    def run(self, job: Job, audio: np.ndarray) -> None:
-        """Queue a stored job (``audio``: its decoded upload). Raises ApplianceError when it cannot be queued."""
+    def run(self, job: Job) -> None:
+        """Queue a stored job; its stored upload is decoded when it runs. Raises ApplianceError when it cannot be
+        queued."""
 
     def cancel(self, job_id: str) -> None:
         """Stop work on a job (the store records the cancel)."""
@@ -289,17 +280,20 @@ class JobQueue:
             publish_final(self.events, job)
             return job_view(job)
 
-        audio = decode_audio(spooled.path, tmp_dir=str(self.transcription.tmp_dir))
+        # Decoded to refuse bad audio before the 202 and to know its length; the samples are not kept: the
+        # runner decodes the stored file again when the job's turn comes.
+        duration = len(decode_audio(spooled.path, tmp_dir=str(self.transcription.tmp_dir),
+                                    max_seconds=self.transcription.settings.max_audio_seconds)) / SAMPLE_RATE
         job_id = uuid.uuid4().hex
-        path = self.jobs_dir / f"{job_id}{upload_extension(spooled.filename)}"
+        path = self.jobs_dir / f"{job_id}{JOB_FILE_SUFFIX}"
         _keep_copy(spooled.path, path)
         try:
-            job = self.store.create(spooled.filename, str(path), record, duration=len(audio) / SAMPLE_RATE,
+            job = self.store.create(spooled.filename, str(path), record, duration=duration,
                                     job_id=job_id, owner_id=owner.user_id)
         except BaseException:
             path.unlink(missing_ok=True)
             raise
-        self.runner.run(job, audio)
+        self.runner.run(job)
         log.info("job %s queued: %s, %.1f s of audio", job.id, job.filename, job.duration or 0.0)
         return self._view(job)
 
@@ -349,7 +343,7 @@ class JobQueue:
             return job_view(job), True
         self.runner.cancel(job_id)
         job = self.store.cancel(job_id)
-        # The audio of a running job is already in memory: its file can go now.
+        # A running job decoded its file when it started: the file can go now.
         remove_upload(job.upload_path, self.jobs_dir)
         log.info("job %s cancelled", job_id)
         publish_final(self.events, job)
@@ -398,4 +392,10 @@ def _keep_copy(src: Path, dest: Path) -> None:
     try:
         os.link(src, dest)
     except OSError:
-        shutil.copyfile(src, dest)
+        try:
+            shutil.copyfile(src, dest)
+        except OSError as exc:
+            dest.unlink(missing_ok=True)  # a partial copy is no job file
+            if is_disk_full(exc):
+                raise disk_full("the job's file", exc) from exc
+            raise

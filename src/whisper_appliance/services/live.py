@@ -864,7 +864,8 @@ class LiveSessions:
                               options: TranscribeOptions) -> TranscriptionResult:
         tmp_dir = str(self.transcription.tmp_dir)
         self.transcription.tmp_dir.mkdir(parents=True, exist_ok=True)
-        audio = concurrency.wait_blocking(decode_audio, chunk.data, tmp_dir=tmp_dir)
+        audio = concurrency.wait_blocking(decode_audio, chunk.data, tmp_dir=tmp_dir,
+                                          max_seconds=self.transcription.settings.max_audio_seconds)
         started = time.monotonic()
         ticket = self.scheduler.submit_steps(self.transcription.steps(audio, options), Priority.INTERACTIVE,
                                              label="live:recording")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Generator, Iterator
@@ -25,7 +26,7 @@ from ..core import concurrency
 from ..core.audio import decode_audio
 from ..core.config import Settings
 from ..core.engines.base import Engine, ProgressCallback
-from ..core.errors import Conflict, EmptyAudio, ModelUnavailable, PayloadTooLarge
+from ..core.errors import Conflict, EmptyAudio, ModelUnavailable, PayloadTooLarge, disk_full, is_disk_full
 from ..core.identity import Principal
 from ..core.options import check_language_for_model
 from ..core.records import LanguageDetection, Segment, TranscribeOptions, Transcript
@@ -94,8 +95,10 @@ def spool_upload(stream: IO[bytes], directory: Path, filename: str, max_size: in
                 out.write(chunk)
         if size == 0:
             raise EmptyAudio("the uploaded file is empty")
-    except BaseException:
+    except BaseException as exc:
         path.unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise disk_full("the upload", exc) from exc
         raise
     return SpooledAudio(path=path, sha256=digest.hexdigest(), size=size, filename=filename)
 
@@ -111,6 +114,24 @@ class TranscriptionService:
         self.tmp_dir = Path(settings.data_dir) / "tmp"
 
     # -- uploads -----------------------------------------------------------------------------------------------
+    def clean_tmp(self) -> int:
+        """Remove what a previous process left in ``DATA_DIR/tmp`` (spooled uploads, decode and backup temp
+        files: every one belongs to a request that ended with that process). Call before serving. Returns the
+        count removed."""
+        if not self.tmp_dir.is_dir():
+            return 0
+        removed = 0
+        for path in self.tmp_dir.iterdir():
+            if path.is_file() or path.is_symlink():
+                path.unlink(missing_ok=True)
+                removed += 1
+            elif path.is_dir():
+                shutil.rmtree(path)
+                removed += 1
+        if removed:
+            log.info("removed %d leftover temp file(s) from %s", removed, self.tmp_dir)
+        return removed
+
     @contextmanager
     def spooled(self, stream: IO[bytes], filename: str) -> Iterator[SpooledAudio]:
         """Spool an upload and guarantee its temp file is gone afterwards, errors included."""
@@ -121,7 +142,8 @@ class TranscriptionService:
             audio.path.unlink(missing_ok=True)
 
     def decode(self, path: Path) -> np.ndarray:
-        return concurrency.wait_blocking(decode_audio, path, tmp_dir=str(self.tmp_dir))
+        return concurrency.wait_blocking(decode_audio, path, tmp_dir=str(self.tmp_dir),
+                                         max_seconds=self.settings.max_audio_seconds)
 
     # -- model checks ------------------------------------------------------------------------------------------
     def ready_model(self) -> ModelStatus:
