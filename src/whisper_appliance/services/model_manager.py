@@ -172,7 +172,7 @@ class ModelManager:
         concurrency.start_os_thread(self._run_load, name=f"model-load-{name}", args=(ticket,))
         if not wait:
             return status
-        concurrency.wait_blocking(ticket.done.wait)
+        concurrency.wait_event(ticket.done)
         assert ticket.status is not None
         return ticket.status
 
