@@ -22,7 +22,8 @@ import functools
 import logging
 import re
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from flask import Flask, Response, current_app, g, jsonify, request, session
@@ -79,6 +80,27 @@ def current_principal() -> Principal:
 
 def client_address() -> str:
     return get_remote_address() or "unknown"
+
+
+def client_key() -> str:
+    """Whose share an admission limit counts: the account, else (anonymous) the remote address."""
+    principal = current_principal()
+    return f"ip:{client_address()}" if principal.is_guest else f"user:{principal.user_id}"
+
+
+@contextmanager
+def admitted_upload(*, synchronous: bool) -> Iterator[None]:
+    """Around an upload route, entered before the body is read: a place among the uploads being received (its
+    Content-Length) and, for ``synchronous`` transcription, among those running (server-wide and per client)."""
+    a = appliance()
+    limits = a.transcription.admission
+    size = min(request.content_length or a.settings.max_upload_size, a.settings.max_upload_size)
+    if synchronous:
+        with limits.transcription(client_key()), limits.upload(size):
+            yield
+    else:
+        with limits.upload(size):
+            yield
 
 
 def _check_csrf() -> None:

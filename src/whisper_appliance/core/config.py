@@ -76,6 +76,15 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("SSL_CERT_PATH", "", "Your own certificate (PEM); used as is."),
     Variable("SSL_KEY_PATH", "", "Your own private key (PEM)."),
     Variable("MAX_UPLOAD_SIZE", "100MB", "Largest upload, e.g. 500KB, 100MB, 2GB."),
+    Variable("MAX_SPOOLED_UPLOAD_BYTES", "8GB", "Upload bytes being received at once, all clients together (at "
+                                                "least MAX_UPLOAD_SIZE); beyond it: 503 upload_capacity."),
+    Variable("MAX_CONCURRENT_TRANSCRIPTIONS", "64", "Synchronous transcriptions (/transcribe, /v1/audio/..., "
+                                                    "/api/detect-language) at once; beyond it: 503 server_busy."),
+    Variable("MAX_CONCURRENT_TRANSCRIPTIONS_PER_CLIENT", "32", "Of those, per user (or per address for anonymous "
+                                                               "callers); beyond it: 429."),
+    Variable("MAX_QUEUED_JOBS", "1000", "Unfinished async jobs, all users together; beyond it: 503 job_queue_full."),
+    Variable("MAX_QUEUED_AUDIO_SECONDS", "360000", "Seconds of audio in unfinished jobs, all users together; beyond "
+                                                   "it: 503 job_queue_full."),
     Variable("ADMIN_PASSWORD", "", "Password of the account 'admin' (set, enabled and made an admin at every start); "
                                    "if empty, a first admin is created with a generated password, logged once."),
     Variable("API_KEYS", "", "Comma-separated tokens accepted as 'Authorization: Bearer': 'transcribe' tokens of "
@@ -116,6 +125,11 @@ class Settings:
     ssl_cert_path: Path | None = None
     ssl_key_path: Path | None = None
     max_upload_size: int = 100 * 1024 ** 2
+    max_spooled_upload_bytes: int = 8 * 1024 ** 3
+    max_concurrent_transcriptions: int = 64
+    max_concurrent_transcriptions_per_client: int = 32
+    max_queued_jobs: int = 1000
+    max_queued_audio_seconds: int = 360000
     admin_password: str = field(default="", repr=False)
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     require_auth: bool = False
@@ -169,7 +183,11 @@ class Settings:
         for name in ("cpu_threads", "inference_workers", "history_retention_days", "live_resume_seconds"):
             if getattr(self, name) < 0:
                 problems.append(f"{name.upper()} must be 0 or more")
-        for name in ("max_upload_size", "live_max_sessions", "live_max_chunk_size", "live_max_session_seconds",
+        if self.max_spooled_upload_bytes < self.max_upload_size:
+            problems.append("MAX_SPOOLED_UPLOAD_BYTES must be at least MAX_UPLOAD_SIZE")
+        for name in ("max_upload_size", "max_spooled_upload_bytes", "max_concurrent_transcriptions",
+                     "max_concurrent_transcriptions_per_client", "max_queued_jobs", "max_queued_audio_seconds",
+                     "live_max_sessions", "live_max_chunk_size", "live_max_session_seconds",
                      "live_max_chunks_per_second"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name.upper()} must be greater than 0")
@@ -189,10 +207,11 @@ class Settings:
                 for f in fields(self) if f.name not in hidden}
 
 
-_INTS = {"cpu_threads", "inference_workers", "https_port", "http_port", "history_retention_days", "live_max_sessions",
+_INTS = {"max_concurrent_transcriptions", "max_concurrent_transcriptions_per_client", "max_queued_jobs",
+         "max_queued_audio_seconds", "cpu_threads", "inference_workers", "https_port", "http_port", "history_retention_days", "live_max_sessions",
          "live_max_session_seconds", "live_max_chunks_per_second", "live_resume_seconds"}
 _BOOLS = {"model_downloads", "http_redirect", "require_auth", "allow_registration", "result_cache"}
-_SIZES = {"max_upload_size", "live_max_chunk_size"}
+_SIZES = {"max_upload_size", "max_spooled_upload_bytes", "live_max_chunk_size"}
 _DIRS = {"models_dir", "data_dir", "ssl_dir"}
 _OPTIONAL_PATHS = {"ssl_cert_path", "ssl_key_path"}
 _LISTS = {"api_keys", "cors_origins"}

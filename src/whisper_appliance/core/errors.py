@@ -88,6 +88,16 @@ class ModelUnavailable(ApplianceError):
         super().__init__(message, code=code, headers={"Retry-After": str(retry_after)})
 
 
+class ServerBusy(ApplianceError):
+    """The server is at one of its admission limits; the caller may try again after ``Retry-After`` (HTTP 503)."""
+
+    status = 503
+    code = "server_busy"
+
+    def __init__(self, message: str, *, retry_after: int = 5, code: str | None = None) -> None:
+        super().__init__(message, code=code, headers={"Retry-After": str(retry_after)})
+
+
 class Cancelled(ApplianceError):
     """Work was cancelled by its owner (a job deleted, a download cancelled)."""
 

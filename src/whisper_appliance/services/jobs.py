@@ -34,7 +34,7 @@ import numpy as np
 
 from ..core import concurrency
 from ..core.audio import decode_audio
-from ..core.errors import ApplianceError, Conflict, InvalidInput, NotFound
+from ..core.errors import ApplianceError, Conflict, InvalidInput, NotFound, ServerBusy
 from ..core.identity import SYSTEM, OwnerFilter, Principal
 from ..core.options import check_language_for_model
 from ..core.records import SAMPLE_RATE, TranscribeOptions
@@ -273,7 +273,9 @@ class JobQueue:
             publish_final(self.events, job)
             return job_view(job)
 
+        self._check_queue(0.0)
         audio = decode_audio(spooled.path, tmp_dir=str(self.transcription.tmp_dir))
+        self._check_queue(len(audio) / SAMPLE_RATE)
         job_id = uuid.uuid4().hex
         path = self.jobs_dir / f"{job_id}{upload_extension(spooled.filename)}"
         _keep_copy(spooled.path, path)
@@ -286,6 +288,19 @@ class JobQueue:
         self.runner.run(job, audio)
         log.info("job %s queued: %s, %.1f s of audio", job.id, job.filename, job.duration or 0.0)
         return self._view(job)
+
+    def _check_queue(self, seconds: float) -> None:
+        """503 job_queue_full when one more job of ``seconds`` would pass MAX_QUEUED_JOBS or
+        MAX_QUEUED_AUDIO_SECONDS (checked before decoding with 0 s, and again once the duration is known)."""
+        settings = self.transcription.settings
+        count, queued = self.store.queued_load()
+        if count >= settings.max_queued_jobs:
+            raise ServerBusy(f"{count} jobs are already waiting, the limit (MAX_QUEUED_JOBS); try again later",
+                             code="job_queue_full", retry_after=60)
+        if queued + seconds > settings.max_queued_audio_seconds:
+            raise ServerBusy(f"the job queue already holds {queued:.0f} s of audio; this upload's {seconds:.0f} s "
+                             f"would pass the limit of {settings.max_queued_audio_seconds} s "
+                             "(MAX_QUEUED_AUDIO_SECONDS); try again later", code="job_queue_full", retry_after=60)
 
     # -- reading and cancelling (request handlers) -------------------------------------------------------------
     def get(self, viewer: Principal, job_id: str, *, with_result: bool = True) -> JobView:
