@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None, *, appliance: Appliance | None 
     app = Flask(__name__, static_folder="static", template_folder="templates")
     app.config.update(
         SECRET_KEY=appliance.auth_file.secret_key,
-        # Multipart overhead on top of the audio itself; the spooler enforces the exact audio limit.
+        # The largest body of any route before http.body_limit narrows it per route (multipart framing included).
         MAX_CONTENT_LENGTH=settings.max_upload_size + 64 * 1024,
         SESSION_COOKIE_SECURE=True,
         SESSION_COOKIE_HTTPONLY=True,

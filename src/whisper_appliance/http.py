@@ -31,7 +31,7 @@ from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from werkzeug.exceptions import HTTPException
 
-from .core.errors import ApplianceError, Forbidden, NotFound, Unauthorized
+from .core.errors import ApplianceError, Forbidden, NotFound, PayloadTooLarge, Unauthorized
 from .core.identity import GUEST, GUEST_NAME, OwnerFilter, Principal
 from .services.auth import csrf_matches, parse_bearer
 
@@ -222,6 +222,39 @@ def end_connections(credential_ids: Iterable[str]) -> int:
     return ended
 
 
+# -- request bodies ----------------------------------------------------------------------------------------------
+MULTIPART_SLACK = 64 * 1024  # multipart framing on top of a file's own bytes; the spooler enforces the file's limit
+JSON_BODY = "max_json_body"
+
+
+def body_limit(setting: str) -> Callable[[F], F]:
+    """Route decorator (put it right under ``@bp.post``): the request body may be as large as ``Settings.<setting>``
+    plus multipart framing. Every other route takes at most MAX_JSON_BODY."""
+    def decorate(view: F) -> F:
+        view.body_limit = setting  # type: ignore[attr-defined]
+        return view
+
+    return decorate
+
+
+def _limit_body() -> None:
+    """Before the view: refuse a body over the route's limit from its Content-Length (413, nothing read or
+    parsed), and make werkzeug stop reading at that limit when no length was sent."""
+    view = current_app.view_functions.get(request.endpoint or "")
+    setting = getattr(view, "body_limit", JSON_BODY)
+    limit = getattr(appliance().settings, setting)
+    g.body_limit = (setting, limit)
+    multipart = setting != JSON_BODY and request.mimetype == "multipart/form-data"
+    request.max_content_length = limit + MULTIPART_SLACK if multipart else limit
+    if request.content_length is not None and request.content_length > request.max_content_length:
+        raise PayloadTooLarge(_too_large_message())
+
+
+def _too_large_message() -> str:
+    setting, limit = g.get("body_limit", ("max_upload_size", appliance().settings.max_upload_size))
+    return f"the request body is larger than the limit of {limit} bytes ({setting.upper()})"
+
+
 # -- request helpers ---------------------------------------------------------------------------------------------
 _UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._ -]+")
 
@@ -266,8 +299,7 @@ def _http_error(exc: HTTPException) -> Response:
             415: "unsupported_media", 429: "rate_limited"}.get(exc.code or 500, "http_error")
     message = exc.description or exc.name
     if exc.code == 413:
-        limit = appliance().settings.max_upload_size
-        message = f"the request body is larger than the limit of {limit} bytes (MAX_UPLOAD_SIZE)"
+        message = _too_large_message()
     if exc.code == 429:
         message = f"too many requests: {exc.description}"
     err = ApplianceError(message, code=code, status=exc.code or 500)
@@ -279,6 +311,8 @@ def _http_error(exc: HTTPException) -> Response:
 
 def install(app: Flask) -> None:
     """Error handlers, security headers and request metrics for the whole app."""
+
+    app.before_request(_limit_body)
 
     @app.errorhandler(ApplianceError)
     def _appliance_error(err: ApplianceError) -> Response:

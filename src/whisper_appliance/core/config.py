@@ -76,6 +76,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("SSL_CERT_PATH", "", "Your own certificate (PEM); used as is."),
     Variable("SSL_KEY_PATH", "", "Your own private key (PEM)."),
     Variable("MAX_UPLOAD_SIZE", "100MB", "Largest upload, e.g. 500KB, 100MB, 2GB."),
+    Variable("MAX_JSON_BODY", "1MB", "Largest request body of the JSON endpoints (everything but uploads and the "
+                                     "history import); larger: 413 before it is parsed."),
+    Variable("MAX_IMPORT_SIZE", "100MB", "Largest history import (POST /api/history/import)."),
     Variable("MAX_SPOOLED_UPLOAD_BYTES", "8GB", "Upload bytes being received at once, all clients together (at "
                                                 "least MAX_UPLOAD_SIZE); beyond it: 503 upload_capacity."),
     Variable("MAX_CONCURRENT_TRANSCRIPTIONS", "64", "Synchronous transcriptions (/transcribe, /v1/audio/..., "
@@ -125,6 +128,8 @@ class Settings:
     ssl_cert_path: Path | None = None
     ssl_key_path: Path | None = None
     max_upload_size: int = 100 * 1024 ** 2
+    max_json_body: int = 1024 ** 2
+    max_import_size: int = 100 * 1024 ** 2
     max_spooled_upload_bytes: int = 8 * 1024 ** 3
     max_concurrent_transcriptions: int = 64
     max_concurrent_transcriptions_per_client: int = 32
@@ -185,7 +190,7 @@ class Settings:
                 problems.append(f"{name.upper()} must be 0 or more")
         if self.max_spooled_upload_bytes < self.max_upload_size:
             problems.append("MAX_SPOOLED_UPLOAD_BYTES must be at least MAX_UPLOAD_SIZE")
-        for name in ("max_upload_size", "max_spooled_upload_bytes", "max_concurrent_transcriptions",
+        for name in ("max_upload_size", "max_json_body", "max_import_size", "max_spooled_upload_bytes", "max_concurrent_transcriptions",
                      "max_concurrent_transcriptions_per_client", "max_queued_jobs", "max_queued_audio_seconds",
                      "live_max_sessions", "live_max_chunk_size", "live_max_session_seconds",
                      "live_max_chunks_per_second"):
@@ -211,7 +216,7 @@ _INTS = {"max_concurrent_transcriptions", "max_concurrent_transcriptions_per_cli
          "max_queued_audio_seconds", "cpu_threads", "inference_workers", "https_port", "http_port", "history_retention_days", "live_max_sessions",
          "live_max_session_seconds", "live_max_chunks_per_second", "live_resume_seconds"}
 _BOOLS = {"model_downloads", "http_redirect", "require_auth", "allow_registration", "result_cache"}
-_SIZES = {"max_upload_size", "max_spooled_upload_bytes", "live_max_chunk_size"}
+_SIZES = {"max_upload_size", "max_json_body", "max_import_size", "max_spooled_upload_bytes", "live_max_chunk_size"}
 _DIRS = {"models_dir", "data_dir", "ssl_dir"}
 _OPTIONAL_PATHS = {"ssl_cert_path", "ssl_key_path"}
 _LISTS = {"api_keys", "cors_origins"}

@@ -36,6 +36,7 @@ from ..core.identity import GUEST_NAME
 from ..core.options import parse_int
 from ..http import (
     appliance,
+    body_limit,
     current_principal,
     download_name,
     formatted_response,
@@ -192,6 +193,7 @@ def _import_owner() -> int | None:
 
 
 @bp.post("/api/history/import")
+@body_limit("max_import_size")
 @require_admin
 def import_entries() -> Response:
     if request.files or request.mimetype == "multipart/form-data":
@@ -251,6 +253,7 @@ def backup() -> Response:
 
 
 @bp.post("/api/admin/restore")
+@body_limit("max_upload_size")
 @require_admin
 def restore() -> Response:
     a = appliance()

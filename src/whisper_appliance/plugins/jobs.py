@@ -18,6 +18,7 @@ from ..core.options import parse_int
 from ..http import (
     admitted_upload,
     appliance,
+    body_limit,
     current_principal,
     formatted_response,
     owner_filter,
@@ -39,6 +40,7 @@ def jobs() -> JobQueue:
 
 
 @bp.post("/api/jobs")
+@body_limit("max_upload_size")
 @require_access
 def submit() -> Response:
     a = appliance()

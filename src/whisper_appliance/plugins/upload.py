@@ -15,6 +15,7 @@ from ..core.records import TranscribeOptions
 from ..http import (
     admitted_upload,
     appliance,
+    body_limit,
     current_principal,
     formatted_response,
     require_access,
@@ -59,6 +60,7 @@ def parse_upload_form() -> UploadForm:
 
 
 @bp.post("/transcribe")
+@body_limit("max_upload_size")
 @require_access
 def transcribe() -> Response:
     a = appliance()
@@ -75,6 +77,7 @@ def transcribe() -> Response:
 
 
 @bp.post("/api/detect-language")
+@body_limit("max_upload_size")
 @require_access
 def detect_language() -> Response:
     a = appliance()
