@@ -7,6 +7,7 @@ and downloads run on real OS threads, and a green thread that must wait for them
 threads and a CPU-heavy call would freeze every socket; keeping the standard library unpatched makes that
 impossible by construction.) So:
 
+* ``iterate_blocking(gen)`` does the same for each step of a generator (streamed exports),
 * ``start_os_thread`` starts a real OS thread,
 * ``real_threading`` is the unpatched module for locks/conditions shared with those threads,
 * ``wait_blocking(fn)`` runs a call that blocks (on a lock, a subprocess, the disk) without stalling the event
@@ -25,7 +26,7 @@ from __future__ import annotations
 import importlib
 import sys
 import threading as _threading_at_import
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any, TypeVar
 
@@ -107,6 +108,19 @@ def wait_event(event: Any, timeout: float | None = None) -> bool:
         eventlet.sleep(pause)
         delay = min(delay * 2, _POLL_MAX)
     return True
+
+
+def iterate_blocking(items: Iterator[T]) -> Iterator[T]:
+    """``items`` with each ``next()`` run by ``wait_blocking``: a long generator that reads the database and
+    formats (a history export) then never stalls the event loop between the chunks it yields."""
+    end = object()
+    try:
+        while (item := wait_blocking(next, items, end)) is not end:
+            yield item  # type: ignore[misc]
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
 
 
 def cooperative_sleep(seconds: float) -> None:
