@@ -46,6 +46,8 @@ limiter = Limiter(key_func=get_remote_address, storage_uri="memory://", default_
                   headers_enabled=True, strategy="fixed-window")
 
 _UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+# The metrics' method label: any other method name is OTHER, so arbitrary names add no Prometheus series.
+METRIC_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 SESSION_TOKEN = "token"  # the session cookie's key for the login's credential
 SOCKET_PRINCIPAL = "principal"  # the Socket.IO connection's session key for its principal
 
@@ -346,8 +348,10 @@ def install(app: Flask) -> None:
         h.setdefault("Content-Security-Policy", csp)
         if request.is_secure:
             h.setdefault("Strict-Transport-Security", "max-age=31536000")
+        # Both labels come from fixed sets: the app's own routes, and METRIC_METHODS.
         rule = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
-        appliance().metrics.requests.labels(rule, request.method, str(resp.status_code)).inc()
+        method = request.method if request.method in METRIC_METHODS else "OTHER"
+        appliance().metrics.requests.labels(rule, method, str(resp.status_code)).inc()
         return resp
 
 

@@ -68,3 +68,17 @@ def test_uploads_keep_max_upload_size_and_the_import_has_its_own_limit(make_app)
     assert r.status_code == 413 and "MAX_UPLOAD_SIZE" in r.get_json()["error"]["message"]
     r = c.post("/api/history/import", data=json.dumps([{"text": "x" * 6000}]), content_type="application/json")
     assert r.status_code == 413 and "MAX_IMPORT_SIZE" in r.get_json()["error"]["message"]
+
+
+def test_metrics_labels_stay_a_fixed_set_whatever_the_method_and_path(make_app):
+    app = make_app()
+    c = Client(app)
+    for n in range(5):
+        c.open(f"/no/such/path/{n}", method=f"BREW{n}")
+        c.open(f"/random-{n}")
+    c.open("/health", method="PROPFIND")  # 405: no rule matched
+    c.get("/health")
+    labels = {(s.labels["route"], s.labels["method"])
+              for metric in app.extensions["appliance"].metrics.requests.collect()
+              for s in metric.samples if s.name.endswith("_total")}
+    assert labels == {("<unmatched>", "OTHER"), ("<unmatched>", "GET"), ("/health", "GET")}
