@@ -82,3 +82,41 @@ def test_metrics_labels_stay_a_fixed_set_whatever_the_method_and_path(make_app):
               for metric in app.extensions["appliance"].metrics.requests.collect()
               for s in metric.samples if s.name.endswith("_total")}
     assert labels == {("<unmatched>", "OTHER"), ("<unmatched>", "GET"), ("/health", "GET")}
+
+
+def test_status_and_metrics_need_a_token_under_require_auth(make_app):
+    app = make_app(require_auth=True)
+    anon = Client(app)
+    for path in ("/api/status", "/metrics"):
+        r = anon.get(path)
+        assert r.status_code == 401 and r.get_json()["error"]["code"] == "auth_required", path
+        assert bearer(app).get(path).status_code == 200, path
+    assert anon.get("/health").status_code in (200, 503)  # health stays open for monitors
+
+
+def test_no_absolute_path_reaches_a_client(make_app, tmp_path):
+    app = make_app()
+    a = app.extensions["appliance"]
+    a.models.load("tiny.en", wait=True)  # loaded from the temporary MODELS_DIR: its path is under tmp_path
+    assert str(tmp_path) in a.models.status().path
+    texts = [Client(app).get(path).get_data(as_text=True) for path in ("/api/status", "/health")]
+    a.models.load("small", wait=True)  # not there, no downloads: the error names MODELS_DIR
+    assert str(tmp_path) in a.models.status().error
+    texts += [Client(app).get(path).get_data(as_text=True) for path in ("/api/status", "/health")]
+    for text in texts:
+        assert str(tmp_path) not in text, text
+    assert not any(str(v).startswith("/") for v in a.settings.public_dict().values())
+
+
+def test_hide_paths_keeps_the_last_part_and_urls():
+    from whisper_appliance.services.model_manager import hide_paths
+
+    assert hide_paths("model 'x' is not in /srv/wa/models, see https://example.org/a/b") == (
+        "model 'x' is not in .../models, see https://example.org/a/b")
+    assert hide_paths(None) is None
+
+
+def bearer(app) -> Client:
+    c = Client(app)
+    c.headers["Authorization"] = f"Bearer {TOKEN}"
+    return c

@@ -208,8 +208,17 @@ class Settings:
     def public_dict(self) -> dict[str, Any]:
         """Settings safe to show in the admin panel (no secrets)."""
         hidden = {"admin_password", "api_keys"}
-        return {f.name: (str(v) if isinstance(v := getattr(self, f.name), Path) else v)
+        return {f.name: (_shown_path(v) if isinstance(v := getattr(self, f.name), Path) else v)
                 for f in fields(self) if f.name not in hidden}
+
+
+def _shown_path(path: Path) -> str:
+    """A directory as clients may see it: relative to the project root, else only its last part (no absolute
+    filesystem paths leave the server)."""
+    try:
+        return str(path.relative_to(PROJECT_ROOT))
+    except ValueError:
+        return f".../{path.name}"
 
 
 _INTS = {"max_concurrent_transcriptions", "max_concurrent_transcriptions_per_client", "max_queued_jobs",

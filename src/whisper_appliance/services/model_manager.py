@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -53,12 +54,26 @@ class ModelStatus:
     progress: float | None = None  # download/load fraction while loading
 
     def to_dict(self) -> dict[str, Any]:
+        """What clients see: no filesystem locations (not ``path``, none in ``error``)."""
         out = asdict(self)
+        del out["path"]
+        out["error"] = hide_paths(self.error)
         if self.load_seconds is not None:
             out["load_seconds"] = round(self.load_seconds, 3)
         if self.progress is not None:
             out["progress"] = round(self.progress, 4)
         return out
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w:/.])/(?:[^\s/'\"]+/)+([^\s/'\"]*)")
+
+
+def hide_paths(text: str | None) -> str | None:
+    """``text`` with each absolute filesystem path cut to its last part (``/srv/wa/models/x`` -> ``.../x``); URLs
+    stay as they are."""
+    if not text:
+        return text
+    return _ABSOLUTE_PATH.sub(lambda m: f".../{m.group(1)}", text)
 
 
 def release_freed_memory() -> None:
