@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib
 import logging
 from typing import Any
-from urllib.parse import urlsplit
 
 from flask import Flask
 from flask_cors import CORS
@@ -30,16 +29,6 @@ log = logging.getLogger(__name__)
 PLUGINS = ("health", "upload", "openai_api", "history", "jobs", "auth", "admin", "live_speech", "api_docs",
            "pages")
 EVENT_PUMP_INTERVAL = 0.2  # seconds: events reach clients "at most a few times a second"
-
-
-def origin_allowed(origin: str | None, host: str | None, extra: tuple[str, ...]) -> bool:
-    """Same-origin (the Host the client connected to) plus CORS_ORIGINS; no Origin header is a non-browser."""
-    if not origin:
-        return True
-    if origin in extra or "*" in extra:
-        return True
-    parts = urlsplit(origin)
-    return bool(host) and parts.scheme in ("https", "http") and parts.netloc == host
 
 
 def create_app(settings: Settings | None = None, *, appliance: Appliance | None = None,
@@ -68,7 +57,7 @@ def create_app(settings: Settings | None = None, *, appliance: Appliance | None 
     socketio = SocketIO(
         app,
         async_mode=settings.async_mode,
-        cors_allowed_origins=lambda origin, environ: origin_allowed(origin, environ.get("HTTP_HOST"),
+        cors_allowed_origins=lambda origin, environ: http.origin_allowed(origin, environ.get("HTTP_HOST"),
                                                                     settings.cors_origins),
         # A live chunk may be up to LIVE_MAX_CHUNK_SIZE; leave room for base64 and the packet envelope.
         max_http_buffer_size=settings.live_max_chunk_size * 2 + 4096,

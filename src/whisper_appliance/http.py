@@ -25,6 +25,7 @@ import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
 
 from flask import Flask, Response, current_app, g, jsonify, request, session
 from flask_limiter import Limiter
@@ -224,6 +225,33 @@ def end_connections(credential_ids: Iterable[str]) -> int:
     return ended
 
 
+# -- cross-site requests -----------------------------------------------------------------------------------------
+def origin_allowed(origin: str | None, host: str | None, extra: tuple[str, ...]) -> bool:
+    """Same-origin (the Host the client connected to) plus CORS_ORIGINS; no Origin header is a non-browser."""
+    if not origin:
+        return True
+    if origin in extra or "*" in extra:
+        return True
+    parts = urlsplit(origin)
+    return bool(host) and parts.scheme in ("https", "http") and parts.netloc == host
+
+
+def _refuse_cross_site() -> None:
+    """Before any state-changing request, whatever its authentication: a foreign ``Origin``, or a browser's
+    ``Sec-Fetch-Site: cross-site`` from an origin not listed in CORS_ORIGINS, is a 403. Clients that send
+    neither header (curl, the openai client, scripts) are not browsers and pass."""
+    if request.method not in _UNSAFE_METHODS:
+        return
+    origin = request.headers.get("Origin")
+    extra = appliance().settings.cors_origins
+    if not origin_allowed(origin, request.host, extra):
+        raise Forbidden(f"cross-site request refused: Origin {origin!r} is not this server (add it to CORS_ORIGINS "
+                        "to allow it)", code="cross_site_request")
+    listed = bool(origin) and (origin in extra or "*" in extra)
+    if request.headers.get("Sec-Fetch-Site", "").strip().lower() == "cross-site" and not listed:
+        raise Forbidden("cross-site request refused (Sec-Fetch-Site: cross-site)", code="cross_site_request")
+
+
 # -- request bodies ----------------------------------------------------------------------------------------------
 MULTIPART_SLACK = 64 * 1024  # multipart framing on top of a file's own bytes; the spooler enforces the file's limit
 JSON_BODY = "max_json_body"
@@ -314,6 +342,7 @@ def _http_error(exc: HTTPException) -> Response:
 def install(app: Flask) -> None:
     """Error handlers, security headers and request metrics for the whole app."""
 
+    app.before_request(_refuse_cross_site)
     app.before_request(_limit_body)
 
     @app.errorhandler(ApplianceError)

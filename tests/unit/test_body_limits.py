@@ -120,3 +120,33 @@ def bearer(app) -> Client:
     c = Client(app)
     c.headers["Authorization"] = f"Bearer {TOKEN}"
     return c
+
+
+# -- cross-site requests -------------------------------------------------------------------------------------------
+def login(c: Client, **headers):
+    return c.post("/api/auth/login", json={"username": "admin", "password": PASSWORD}, headers=headers)
+
+
+def test_a_state_changing_request_from_a_foreign_origin_is_403_whatever_the_authentication(make_app):
+    app = make_app()
+    for headers in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"},
+                    {"Origin": "https://localhost.evil.example", "Sec-Fetch-Site": "same-origin"}):
+        r = login(Client(app), **headers)
+        assert r.status_code == 403 and r.get_json()["error"]["code"] == "cross_site_request", headers
+        r = bearer(app).post("/api/history/delete", json={"ids": [1]}, headers=headers)
+        assert r.status_code == 403 and r.get_json()["error"]["code"] == "cross_site_request", headers
+    assert bearer(app).get("/api/history", headers={"Origin": "https://evil.example"}).status_code == 200
+
+
+def test_same_origin_and_non_browser_requests_still_work(make_app):
+    app = make_app()
+    assert login(Client(app)).status_code == 200  # no Origin: curl, the openai client
+    assert login(Client(app), Origin="https://localhost", **{"Sec-Fetch-Site": "same-origin"}).status_code == 200
+    assert login(Client(app), **{"Sec-Fetch-Site": "same-site"}).status_code == 200
+
+
+def test_an_origin_listed_in_cors_origins_may_post_cross_site(make_app):
+    app = make_app(cors_origins=("https://app.example",))
+    r = login(Client(app), Origin="https://app.example", **{"Sec-Fetch-Site": "cross-site"})
+    assert r.status_code == 200
+    assert login(Client(app), Origin="https://other.example").status_code == 403
