@@ -22,6 +22,7 @@ import functools
 import logging
 import re
 import unicodedata
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -32,7 +33,7 @@ from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from werkzeug.exceptions import HTTPException
 
-from .core.errors import ApplianceError, Forbidden, NotFound, PayloadTooLarge, Unauthorized
+from .core.errors import ApplianceError, Forbidden, NotFound, PayloadTooLarge, Unauthorized, hide_paths
 from .core.identity import GUEST, GUEST_NAME, OwnerFilter, Principal
 from .services.auth import csrf_matches, parse_bearer
 
@@ -339,6 +340,18 @@ def _http_error(exc: HTTPException) -> Response:
     return resp
 
 
+def request_id() -> str:
+    """This request's id: in the ``X-Request-Id`` header of every reply and in the log lines of its errors."""
+    if "request_id" not in g:
+        g.request_id = uuid.uuid4().hex[:16]
+    return g.request_id
+
+
+def _internal(rid: str, code: str = "internal_error") -> ApplianceError:
+    """What a client learns of an internal error: no paths, no exception text, only where to look."""
+    return ApplianceError(f"internal server error (request id {rid}); the details are in the server log", code=code)
+
+
 def install(app: Flask) -> None:
     """Error handlers, security headers and request metrics for the whole app."""
 
@@ -347,8 +360,15 @@ def install(app: Flask) -> None:
 
     @app.errorhandler(ApplianceError)
     def _appliance_error(err: ApplianceError) -> Response:
-        if err.status >= 500:
-            log.warning("%s %s -> %s %s: %s", request.method, request.path, err.status, err.code, err.message)
+        if err.status == 500:
+            log.error("[%s] %s %s -> 500 %s: %s", request_id(), request.method, request.path, err.code, err.message)
+            return error_response(_internal(request_id(), err.code))
+        if err.status > 500:
+            log.warning("[%s] %s %s -> %s %s: %s", request_id(), request.method, request.path, err.status,
+                        err.code, err.message)
+            shown = ApplianceError(hide_paths(err.message) or err.message, code=err.code, status=err.status,
+                                   headers=err.headers)
+            return error_response(shown)
         return error_response(err)
 
     @app.errorhandler(HTTPException)
@@ -357,8 +377,8 @@ def install(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(ApplianceError("internal server error; the details are in the server log"))
+        log.exception("[%s] unhandled error on %s %s", request_id(), request.method, request.path)
+        return error_response(_internal(request_id()))
 
     @app.after_request
     def _headers(resp: Response) -> Response:
@@ -366,6 +386,7 @@ def install(app: Flask) -> None:
         h.setdefault("X-Content-Type-Options", "nosniff")
         h.setdefault("X-Frame-Options", "DENY")
         h.setdefault("Referrer-Policy", "same-origin")
+        h.setdefault("X-Request-Id", request_id())
         if request.path.startswith("/docs"):
             # Swagger UI's page initialises itself with an inline script.
             csp = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "

@@ -109,7 +109,7 @@ def test_no_absolute_path_reaches_a_client(make_app, tmp_path):
 
 
 def test_hide_paths_keeps_the_last_part_and_urls():
-    from whisper_appliance.services.model_manager import hide_paths
+    from whisper_appliance.core.errors import hide_paths
 
     assert hide_paths("model 'x' is not in /srv/wa/models, see https://example.org/a/b") == (
         "model 'x' is not in .../models, see https://example.org/a/b")
@@ -150,3 +150,38 @@ def test_an_origin_listed_in_cors_origins_may_post_cross_site(make_app):
     r = login(Client(app), Origin="https://app.example", **{"Sec-Fetch-Site": "cross-site"})
     assert r.status_code == 200
     assert login(Client(app), Origin="https://other.example").status_code == 403
+
+
+# -- error text ------------------------------------------------------------------------------------------------------
+def test_internal_errors_send_a_generic_message_and_log_the_detail_with_the_request_id(make_app, caplog):
+    from whisper_appliance.core.errors import ApplianceError, ModelUnavailable
+
+    app = make_app()
+
+    def crash():
+        raise RuntimeError("secret detail in /srv/wa/data/appliance.db")
+
+    def internal():
+        raise ApplianceError("database /srv/wa/data/appliance.db is closed")
+
+    def busy():
+        raise ModelUnavailable("no model is ready: weights not in /srv/wa/models/small", retry_after=30)
+
+    for rule, view in (("/crash", crash), ("/internal", internal), ("/busy", busy)):
+        app.add_url_rule(rule, view.__name__, view)
+    c = Client(app)
+    for path in ("/crash", "/internal"):
+        r = c.get(path)
+        assert r.status_code == 500
+        rid = r.headers["X-Request-Id"]
+        message = r.get_json()["error"]["message"]
+        assert message == f"internal server error (request id {rid}); the details are in the server log"
+        assert r.get_json()["error"]["code"] == "internal_error"
+        logged = [rec.getMessage() for rec in caplog.records if rid in rec.getMessage()]
+        assert logged, caplog.text
+    assert "secret detail in /srv/wa/data" in caplog.text  # the traceback of the crash
+    assert "database /srv/wa/data/appliance.db is closed" in caplog.text
+    r = c.get("/busy")
+    assert r.status_code == 503 and r.headers["Retry-After"] == "30"
+    assert r.get_json()["error"] == {"code": "model_unavailable",
+                                     "message": "no model is ready: weights not in .../small"}

@@ -7,6 +7,8 @@ shape, ``{"error": {"code": ..., "message": ...}}``; the CLI prints the message.
 
 from __future__ import annotations
 
+import re
+
 
 class ApplianceError(Exception):
     """Base error: ``code`` (snake_case), ``message`` (for people), ``status`` (HTTP)."""
@@ -110,3 +112,14 @@ class ConfigError(ApplianceError):
 
     status = 500
     code = "config_error"
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w:/.])/(?:[^\s/'\"]+/)+([^\s/'\"]*)")
+
+
+def hide_paths(text: str | None) -> str | None:
+    """``text`` with each absolute filesystem path cut to its last part (``/srv/wa/models/x`` -> ``.../x``); URLs
+    stay as they are."""
+    if not text:
+        return text
+    return _ABSOLUTE_PATH.sub(lambda m: f".../{m.group(1)}", text)

@@ -10,9 +10,9 @@ from flask import Blueprint, Flask, Response, jsonify
 from flask_socketio import SocketIO
 
 from .. import __version__
+from ..core.errors import hide_paths
 from ..http import appliance, require_access
 from ..services.metrics import CONTENT_TYPE
-from ..services.model_manager import hide_paths
 
 bp = Blueprint("health", __name__)
 

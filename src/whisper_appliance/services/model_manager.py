@@ -14,7 +14,6 @@ from __future__ import annotations
 import ctypes
 import gc
 import logging
-import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,7 +25,7 @@ from ..core import concurrency
 from ..core.catalog import ENGINES
 from ..core.config import Settings
 from ..core.engines.base import Engine
-from ..core.errors import ApplianceError, InvalidInput, ModelUnavailable
+from ..core.errors import ApplianceError, InvalidInput, ModelUnavailable, hide_paths
 from ..core.model_store import ModelStore, check_name
 
 log = logging.getLogger(__name__)
@@ -63,17 +62,6 @@ class ModelStatus:
         if self.progress is not None:
             out["progress"] = round(self.progress, 4)
         return out
-
-
-_ABSOLUTE_PATH = re.compile(r"(?<![\w:/.])/(?:[^\s/'\"]+/)+([^\s/'\"]*)")
-
-
-def hide_paths(text: str | None) -> str | None:
-    """``text`` with each absolute filesystem path cut to its last part (``/srv/wa/models/x`` -> ``.../x``); URLs
-    stay as they are."""
-    if not text:
-        return text
-    return _ABSOLUTE_PATH.sub(lambda m: f".../{m.group(1)}", text)
 
 
 def release_freed_memory() -> None:
