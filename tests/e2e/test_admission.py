@@ -90,3 +90,14 @@ def test_one_client_at_its_share_gets_429_and_others_still_get_in(start_server):
     # Another principal (the API_KEYS token's account) has its own share.
     assert transcribe(server.session(token=server.token)).status_code == 200
     assert slow.finish()[0] == 200
+
+
+def test_the_data_files_the_server_creates_are_its_own_alone(server):
+    """The process runs with umask 077: the database is 0600, its directories 0700 (server.PRIVATE_UMASK)."""
+    assert server.session().get(server.url("/health"), timeout=30).status_code == 200
+    assert oct((server.data_dir / "appliance.db").stat().st_mode & 0o777) == "0o600"
+    for directory in (server.data_dir, server.ssl_dir):
+        assert oct(directory.stat().st_mode & 0o777) == "0o700", directory
+    jobs_and_spool = [p for p in (server.data_dir / "jobs", server.data_dir / "tmp") if p.exists()]
+    for directory in jobs_and_spool:
+        assert oct(directory.stat().st_mode & 0o777) == "0o700", directory
