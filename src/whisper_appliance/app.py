@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib
 import logging
 from typing import Any
-from urllib.parse import urlsplit
 
 from flask import Flask
 from flask_cors import CORS
@@ -32,16 +31,6 @@ PLUGINS = ("health", "upload", "openai_api", "history", "jobs", "auth", "admin",
 EVENT_PUMP_INTERVAL = 0.2  # seconds: events reach clients "at most a few times a second"
 
 
-def origin_allowed(origin: str | None, host: str | None, extra: tuple[str, ...]) -> bool:
-    """Same-origin (the Host the client connected to) plus CORS_ORIGINS; no Origin header is a non-browser."""
-    if not origin:
-        return True
-    if origin in extra or "*" in extra:
-        return True
-    parts = urlsplit(origin)
-    return bool(host) and parts.scheme in ("https", "http") and parts.netloc == host
-
-
 def create_app(settings: Settings | None = None, *, appliance: Appliance | None = None,
                start_services: bool = True, load_model: bool = True) -> Flask:
     settings = settings or Settings.from_env()
@@ -50,7 +39,7 @@ def create_app(settings: Settings | None = None, *, appliance: Appliance | None 
     app = Flask(__name__, static_folder="static", template_folder="templates")
     app.config.update(
         SECRET_KEY=appliance.auth_file.secret_key,
-        # Multipart overhead on top of the audio itself; the spooler enforces the exact audio limit.
+        # The largest body of any route before http.body_limit narrows it per route (multipart framing included).
         MAX_CONTENT_LENGTH=settings.max_upload_size + 64 * 1024,
         SESSION_COOKIE_SECURE=True,
         SESSION_COOKIE_HTTPONLY=True,
@@ -68,7 +57,7 @@ def create_app(settings: Settings | None = None, *, appliance: Appliance | None 
     socketio = SocketIO(
         app,
         async_mode=settings.async_mode,
-        cors_allowed_origins=lambda origin, environ: origin_allowed(origin, environ.get("HTTP_HOST"),
+        cors_allowed_origins=lambda origin, environ: http.origin_allowed(origin, environ.get("HTTP_HOST"),
                                                                     settings.cors_origins),
         # A live chunk may be up to LIVE_MAX_CHUNK_SIZE; leave room for base64 and the packet envelope.
         max_http_buffer_size=settings.live_max_chunk_size * 2 + 4096,

@@ -22,15 +22,18 @@ import functools
 import logging
 import re
 import unicodedata
-from collections.abc import Callable, Iterable
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
 
 from flask import Flask, Response, current_app, g, jsonify, request, session
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from werkzeug.exceptions import HTTPException
 
-from .core.errors import ApplianceError, Forbidden, NotFound, Unauthorized
+from .core.errors import ApplianceError, Forbidden, NotFound, PayloadTooLarge, Unauthorized, hide_paths
 from .core.identity import GUEST, GUEST_NAME, OwnerFilter, Principal
 from .services.auth import csrf_matches, parse_bearer
 
@@ -45,6 +48,8 @@ limiter = Limiter(key_func=get_remote_address, storage_uri="memory://", default_
                   headers_enabled=True, strategy="fixed-window")
 
 _UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+# The metrics' method label: any other method name is OTHER, so arbitrary names add no Prometheus series.
+METRIC_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 SESSION_TOKEN = "token"  # the session cookie's key for the login's credential
 SOCKET_PRINCIPAL = "principal"  # the Socket.IO connection's session key for its principal
 
@@ -79,6 +84,27 @@ def current_principal() -> Principal:
 
 def client_address() -> str:
     return get_remote_address() or "unknown"
+
+
+def client_key() -> str:
+    """Whose share an admission limit counts: the account, else (anonymous) the remote address."""
+    principal = current_principal()
+    return f"ip:{client_address()}" if principal.is_guest else f"user:{principal.user_id}"
+
+
+@contextmanager
+def admitted_upload(*, synchronous: bool) -> Iterator[None]:
+    """Around an upload route, entered before the body is read: a place among the uploads being received (its
+    Content-Length) and, for ``synchronous`` transcription, among those running (server-wide and per client)."""
+    a = appliance()
+    limits = a.transcription.admission
+    size = min(request.content_length or a.settings.max_upload_size, a.settings.max_upload_size)
+    if synchronous:
+        with limits.transcription(client_key()), limits.upload(size):
+            yield
+    else:
+        with limits.upload(size):
+            yield
 
 
 def _check_csrf() -> None:
@@ -200,6 +226,66 @@ def end_connections(credential_ids: Iterable[str]) -> int:
     return ended
 
 
+# -- cross-site requests -----------------------------------------------------------------------------------------
+def origin_allowed(origin: str | None, host: str | None, extra: tuple[str, ...]) -> bool:
+    """Same-origin (the Host the client connected to) plus CORS_ORIGINS; no Origin header is a non-browser."""
+    if not origin:
+        return True
+    if origin in extra or "*" in extra:
+        return True
+    parts = urlsplit(origin)
+    return bool(host) and parts.scheme in ("https", "http") and parts.netloc == host
+
+
+def _refuse_cross_site() -> None:
+    """Before any state-changing request, whatever its authentication: a foreign ``Origin``, or a browser's
+    ``Sec-Fetch-Site: cross-site`` from an origin not listed in CORS_ORIGINS, is a 403. Clients that send
+    neither header (curl, the openai client, scripts) are not browsers and pass."""
+    if request.method not in _UNSAFE_METHODS:
+        return
+    origin = request.headers.get("Origin")
+    extra = appliance().settings.cors_origins
+    if not origin_allowed(origin, request.host, extra):
+        raise Forbidden(f"cross-site request refused: Origin {origin!r} is not this server (add it to CORS_ORIGINS "
+                        "to allow it)", code="cross_site_request")
+    listed = bool(origin) and (origin in extra or "*" in extra)
+    if request.headers.get("Sec-Fetch-Site", "").strip().lower() == "cross-site" and not listed:
+        raise Forbidden("cross-site request refused (Sec-Fetch-Site: cross-site)", code="cross_site_request")
+
+
+# -- request bodies ----------------------------------------------------------------------------------------------
+MULTIPART_SLACK = 64 * 1024  # multipart framing on top of a file's own bytes; the spooler enforces the file's limit
+JSON_BODY = "max_json_body"
+
+
+def body_limit(setting: str) -> Callable[[F], F]:
+    """Route decorator (put it right under ``@bp.post``): the request body may be as large as ``Settings.<setting>``
+    plus multipart framing. Every other route takes at most MAX_JSON_BODY."""
+    def decorate(view: F) -> F:
+        view.body_limit = setting  # type: ignore[attr-defined]
+        return view
+
+    return decorate
+
+
+def _limit_body() -> None:
+    """Before the view: refuse a body over the route's limit from its Content-Length (413, nothing read or
+    parsed), and make werkzeug stop reading at that limit when no length was sent."""
+    view = current_app.view_functions.get(request.endpoint or "")
+    setting = getattr(view, "body_limit", JSON_BODY)
+    limit = getattr(appliance().settings, setting)
+    g.body_limit = (setting, limit)
+    multipart = setting != JSON_BODY and request.mimetype == "multipart/form-data"
+    request.max_content_length = limit + MULTIPART_SLACK if multipart else limit
+    if request.content_length is not None and request.content_length > request.max_content_length:
+        raise PayloadTooLarge(_too_large_message())
+
+
+def _too_large_message() -> str:
+    setting, limit = g.get("body_limit", ("max_upload_size", appliance().settings.max_upload_size))
+    return f"the request body is larger than the limit of {limit} bytes ({setting.upper()})"
+
+
 # -- request helpers ---------------------------------------------------------------------------------------------
 _UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._ -]+")
 
@@ -244,8 +330,7 @@ def _http_error(exc: HTTPException) -> Response:
             415: "unsupported_media", 429: "rate_limited"}.get(exc.code or 500, "http_error")
     message = exc.description or exc.name
     if exc.code == 413:
-        limit = appliance().settings.max_upload_size
-        message = f"the request body is larger than the limit of {limit} bytes (MAX_UPLOAD_SIZE)"
+        message = _too_large_message()
     if exc.code == 429:
         message = f"too many requests: {exc.description}"
     err = ApplianceError(message, code=code, status=exc.code or 500)
@@ -255,13 +340,35 @@ def _http_error(exc: HTTPException) -> Response:
     return resp
 
 
+def request_id() -> str:
+    """This request's id: in the ``X-Request-Id`` header of every reply and in the log lines of its errors."""
+    if "request_id" not in g:
+        g.request_id = uuid.uuid4().hex[:16]
+    return g.request_id
+
+
+def _internal(rid: str, code: str = "internal_error") -> ApplianceError:
+    """What a client learns of an internal error: no paths, no exception text, only where to look."""
+    return ApplianceError(f"internal server error (request id {rid}); the details are in the server log", code=code)
+
+
 def install(app: Flask) -> None:
     """Error handlers, security headers and request metrics for the whole app."""
 
+    app.before_request(_refuse_cross_site)
+    app.before_request(_limit_body)
+
     @app.errorhandler(ApplianceError)
     def _appliance_error(err: ApplianceError) -> Response:
-        if err.status >= 500:
-            log.warning("%s %s -> %s %s: %s", request.method, request.path, err.status, err.code, err.message)
+        if err.status == 500:
+            log.error("[%s] %s %s -> 500 %s: %s", request_id(), request.method, request.path, err.code, err.message)
+            return error_response(_internal(request_id(), err.code))
+        if err.status > 500:
+            log.warning("[%s] %s %s -> %s %s: %s", request_id(), request.method, request.path, err.status,
+                        err.code, err.message)
+            shown = ApplianceError(hide_paths(err.message) or err.message, code=err.code, status=err.status,
+                                   headers=err.headers)
+            return error_response(shown)
         return error_response(err)
 
     @app.errorhandler(HTTPException)
@@ -270,8 +377,8 @@ def install(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(ApplianceError("internal server error; the details are in the server log"))
+        log.exception("[%s] unhandled error on %s %s", request_id(), request.method, request.path)
+        return error_response(_internal(request_id()))
 
     @app.after_request
     def _headers(resp: Response) -> Response:
@@ -279,6 +386,7 @@ def install(app: Flask) -> None:
         h.setdefault("X-Content-Type-Options", "nosniff")
         h.setdefault("X-Frame-Options", "DENY")
         h.setdefault("Referrer-Policy", "same-origin")
+        h.setdefault("X-Request-Id", request_id())
         if request.path.startswith("/docs"):
             # Swagger UI's page initialises itself with an inline script.
             csp = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
@@ -290,8 +398,10 @@ def install(app: Flask) -> None:
         h.setdefault("Content-Security-Policy", csp)
         if request.is_secure:
             h.setdefault("Strict-Transport-Security", "max-age=31536000")
+        # Both labels come from fixed sets: the app's own routes, and METRIC_METHODS.
         rule = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
-        appliance().metrics.requests.labels(rule, request.method, str(resp.status_code)).inc()
+        method = request.method if request.method in METRIC_METHODS else "OTHER"
+        appliance().metrics.requests.labels(rule, method, str(resp.status_code)).inc()
         return resp
 
 

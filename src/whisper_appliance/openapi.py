@@ -149,7 +149,7 @@ def components() -> dict[str, Any]:
     model_status = obj({
         "name": nullable("string"), "engine": {"type": "string"}, "device": {"type": "string"},
         "compute_type": {"type": "string"}, "state": {"type": "string", "enum": list(MODEL_STATES)},
-        "load_seconds": nullable("number"), "source": nullable("string"), "path": nullable("string"),
+        "load_seconds": nullable("number"), "source": nullable("string"),
         "error": nullable("string"), "generation": {"type": "integer"}, "progress": nullable("number"),
     }, ("name", "engine", "state"))
     health = obj({
@@ -341,10 +341,10 @@ def health_paths() -> dict[str, Any]:
             security=PUBLIC)},
         "/api/status": {"get": operation(
             "status", "health", "Model, queue, live sessions, jobs, history and system figures",
-            {200: ok("Current status.", schema("Status"))}, security=PUBLIC)},
+            {200: ok("Current status.", schema("Status"))}, security=OPEN)},
         "/metrics": {"get": operation(
             "metrics", "health", "Prometheus metrics",
-            {200: ok("Prometheus text exposition format.", content=text_content("text/plain"))}, security=PUBLIC)},
+            {200: ok("Prometheus text exposition format.", content=text_content("text/plain"))}, security=OPEN)},
     }
 
 

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -16,6 +17,10 @@ from .core.config import Settings
 from .core.tls import ensure_certificate
 
 log = logging.getLogger(__name__)
+
+# Files the server creates (database, jobs, spooled uploads, certificate, secrets) are its own alone: 0600 files,
+# 0700 directories. Set before anything is created; the systemd unit sets the same with UMask=0077.
+PRIVATE_UMASK = 0o077
 
 _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d+)?$")
 
@@ -47,6 +52,7 @@ def connection_limits(settings: Settings) -> concurrency.ConnectionLimits:
 
 
 def serve(settings: Settings) -> None:
+    os.umask(PRIVATE_UMASK)
     if settings.async_mode == "eventlet":
         concurrency.use_eventlet()
     cert = ensure_certificate(settings.ssl_dir, cert_path=settings.ssl_cert_path, key_path=settings.ssl_key_path)

@@ -479,3 +479,31 @@ def test_a_restart_decodes_no_job_up_front(env, monkeypatch):
         gate.set()
     assert all(env.wait(i).status == "completed" for i in ids)
     assert len(decoded) == 2  # each decoded once, when its turn came
+
+
+def test_a_full_job_queue_is_a_503_with_retry_after_and_stores_nothing(env):
+    gate = block_scheduler(env.scheduler)
+    env.transcription.settings = env.settings.replace(max_queued_jobs=1)
+    first = env.submit(env.wav(1.0))
+    with pytest.raises(ApplianceError) as refused:
+        env.submit(env.wav(1.0))
+    assert (refused.value.status, refused.value.code) == (503, "job_queue_full")
+    assert refused.value.headers["Retry-After"]
+    assert [job.id for job in env.store.unfinished()] == [first.job_id]
+    gate.set()
+    assert env.wait(first.job_id).status == "completed"
+    assert env.submit(env.wav(1.0)).status == "queued"  # a place is free again
+
+
+def test_queued_audio_seconds_are_capped(env):
+    gate = block_scheduler(env.scheduler)
+    env.transcription.settings = env.settings.replace(max_queued_audio_seconds=5)
+    first = env.submit(env.wav(3.0))
+    with pytest.raises(ApplianceError) as refused:
+        env.submit(env.wav(3.0))  # 3 + 3 s > 5 s
+    assert (refused.value.status, refused.value.code) == (503, "job_queue_full")
+    assert "MAX_QUEUED_AUDIO_SECONDS" in refused.value.message
+    assert env.submit(env.wav(1.5)).status == "queued"  # 3 + 1.5 s fits
+    assert sorted(p.suffix for p in env.job_files(settle=0)) == [".audio", ".audio"]
+    gate.set()
+    env.wait(first.job_id)

@@ -250,3 +250,39 @@ def test_a_broken_reservation_check_reserves_nothing(two_lanes):
     gate_a.set()
     gate_b.set()
     assert a.result(5) and b.result(5)
+
+
+def test_waiting_for_inference_on_the_event_loop_holds_no_tpool_thread(sched, monkeypatch):
+    """Under eventlet, 25 request handlers waiting for inference (more than tpool's 20 threads) leave tpool free:
+    each waits on a green poll, and a short blocking call made meanwhile still runs."""
+    eventlet = pytest.importorskip("eventlet")
+    from eventlet import tpool
+
+    from whisper_appliance.core import concurrency
+
+    monkeypatch.setattr(concurrency, "_eventlet_active", True)
+    handed_to_tpool: list[object] = []
+    original = tpool.execute
+
+    def counting(fn, *args, **kwargs):
+        handed_to_tpool.append(fn)
+        return original(fn, *args, **kwargs)
+
+    monkeypatch.setattr(tpool, "execute", counting)
+    gate, _ = blocker(sched)
+    tickets = [sched.submit(lambda e, n=n: n, Priority.INTERACTIVE, label=f"upload-{n}") for n in range(25)]
+    waiters = [eventlet.spawn(sched.wait, t) for t in tickets]
+    eventlet.sleep(0.05)  # every waiter is now parked in its wait
+    assert handed_to_tpool == []
+    assert concurrency.wait_blocking(lambda: "history read") == "history read"  # tpool still serves
+    gate.set()
+    assert [w.wait() for w in waiters] == list(range(25))
+    assert handed_to_tpool == handed_to_tpool[:1]  # only the one short call above
+
+
+def test_a_green_wait_times_out(monkeypatch):
+    pytest.importorskip("eventlet")
+    from whisper_appliance.core import concurrency
+
+    monkeypatch.setattr(concurrency, "_eventlet_active", True)
+    assert concurrency.wait_event(threading.Event(), 0.01) is False

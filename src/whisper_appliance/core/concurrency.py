@@ -7,10 +7,14 @@ and downloads run on real OS threads, and a green thread that must wait for them
 threads and a CPU-heavy call would freeze every socket; keeping the standard library unpatched makes that
 impossible by construction.) So:
 
+* ``iterate_blocking(gen)`` does the same for each step of a generator (streamed exports),
 * ``start_os_thread`` starts a real OS thread,
 * ``real_threading`` is the unpatched module for locks/conditions shared with those threads,
 * ``wait_blocking(fn)`` runs a call that blocks (on a lock, a subprocess, the disk) without stalling the event
   loop: ``eventlet.tpool`` when the server runs on eventlet, a plain call otherwise,
+* ``wait_event(event)`` waits for a real ``threading.Event`` set by an OS thread (inference done, a model
+  loaded). On the event loop it is a green wait that holds none of tpool's 20 threads: waiting for inference can
+  take minutes, and 20 such waits would otherwise stall every other blocking call (history, login, decoding),
 * ``use_eventlet()`` is called once by the server entry point when ``ASYNC_MODE=eventlet``,
 * ``start_wsgi_listener`` runs a small extra WSGI app (the HTTP->HTTPS redirect) in the right way for the mode,
 * ``eventlet_server_options`` gives eventlet's WSGI server its connection limits: a socket timeout, a keep-alive
@@ -26,7 +30,7 @@ import logging
 import sys
 import threading as _threading_at_import
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, TypeVar
@@ -80,6 +84,50 @@ def wait_blocking(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         tpool = importlib.import_module("eventlet.tpool")
         return tpool.execute(fn, *args, **kwargs)
     return fn(*args, **kwargs)
+
+
+_POLL_FIRST = 0.002
+_POLL_MAX = 0.05
+
+
+def wait_event(event: Any, timeout: float | None = None) -> bool:
+    """``event.wait(timeout)`` for a real ``threading.Event`` that another OS thread sets; True once it is set.
+
+    On the event loop's thread under eventlet this polls with green sleeps (2 ms, doubling up to 50 ms): eventlet
+    cannot wake a green thread from another OS thread except through tpool, whose few threads must stay free for
+    short blocking calls. A poll costs one check of a flag; the added latency is at most 50 ms.
+    """
+    threading = real_threading()
+    if not (_eventlet_active and threading.current_thread() is threading.main_thread()):
+        return bool(event.wait(timeout))
+    import time
+
+    eventlet = importlib.import_module("eventlet")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = _POLL_FIRST
+    while not event.is_set():
+        pause = delay
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            pause = min(pause, left)
+        eventlet.sleep(pause)
+        delay = min(delay * 2, _POLL_MAX)
+    return True
+
+
+def iterate_blocking(items: Iterator[T]) -> Iterator[T]:
+    """``items`` with each ``next()`` run by ``wait_blocking``: a long generator that reads the database and
+    formats (a history export) then never stalls the event loop between the chunks it yields."""
+    end = object()
+    try:
+        while (item := wait_blocking(next, items, end)) is not end:
+            yield item  # type: ignore[misc]
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
 
 
 def cooperative_sleep(seconds: float) -> None:

@@ -85,6 +85,18 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("MAX_UPLOAD_SIZE", "100MB", "Largest upload, e.g. 500KB, 100MB, 2GB."),
     Variable("MAX_AUDIO_SECONDS", "14400", "Longest decoded upload, in seconds (refused with 413 before it is "
                                            "decoded into memory)."),
+    Variable("MAX_JSON_BODY", "1MB", "Largest request body of the JSON endpoints (everything but uploads and the "
+                                     "history import); larger: 413 before it is parsed."),
+    Variable("MAX_IMPORT_SIZE", "100MB", "Largest history import (POST /api/history/import)."),
+    Variable("MAX_SPOOLED_UPLOAD_BYTES", "8GB", "Upload bytes being received at once, all clients together (at "
+                                                "least MAX_UPLOAD_SIZE); beyond it: 503 upload_capacity."),
+    Variable("MAX_CONCURRENT_TRANSCRIPTIONS", "64", "Synchronous transcriptions (/transcribe, /v1/audio/..., "
+                                                    "/api/detect-language) at once; beyond it: 503 server_busy."),
+    Variable("MAX_CONCURRENT_TRANSCRIPTIONS_PER_CLIENT", "32", "Of those, per user (or per address for anonymous "
+                                                               "callers); beyond it: 429."),
+    Variable("MAX_QUEUED_JOBS", "1000", "Unfinished async jobs, all users together; beyond it: 503 job_queue_full."),
+    Variable("MAX_QUEUED_AUDIO_SECONDS", "360000", "Seconds of audio in unfinished jobs, all users together; beyond "
+                                                   "it: 503 job_queue_full."),
     Variable("ADMIN_PASSWORD", "", "Password of the account 'admin' (set, enabled and made an admin at every start); "
                                    "if empty, a first admin is created with a generated password, logged once."),
     Variable("API_KEYS", "", "Comma-separated tokens accepted as 'Authorization: Bearer': 'transcribe' tokens of "
@@ -139,6 +151,13 @@ class Settings:
     ssl_key_path: Path | None = None
     max_upload_size: int = 100 * 1024 ** 2
     max_audio_seconds: int = 14400
+    max_json_body: int = 1024 ** 2
+    max_import_size: int = 100 * 1024 ** 2
+    max_spooled_upload_bytes: int = 8 * 1024 ** 3
+    max_concurrent_transcriptions: int = 64
+    max_concurrent_transcriptions_per_client: int = 32
+    max_queued_jobs: int = 1000
+    max_queued_audio_seconds: int = 360000
     admin_password: str = field(default="", repr=False)
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     require_auth: bool = False
@@ -197,10 +216,14 @@ class Settings:
                      "live_idle_timeout"):
             if getattr(self, name) < 0:
                 problems.append(f"{name.upper()} must be 0 or more")
+        if self.max_spooled_upload_bytes < self.max_upload_size:
+            problems.append("MAX_SPOOLED_UPLOAD_BYTES must be at least MAX_UPLOAD_SIZE")
         for name in ("max_upload_size", "history_max_text_length", "search_timeout_ms", "live_max_sessions",
                      "live_max_sessions_per_client", "live_max_chunk_size", "live_max_session_seconds",
                      "live_max_chunks_per_second", "socket_timeout", "keepalive_timeout", "max_connections",
-                     "max_connections_per_ip", "max_audio_seconds"):
+                     "max_connections_per_ip", "max_audio_seconds", "max_json_body", "max_import_size",
+                     "max_spooled_upload_bytes", "max_concurrent_transcriptions",
+                     "max_concurrent_transcriptions_per_client", "max_queued_jobs", "max_queued_audio_seconds"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name.upper()} must be greater than 0")
         if bool(self.ssl_cert_path) != bool(self.ssl_key_path):
@@ -215,16 +238,27 @@ class Settings:
     def public_dict(self) -> dict[str, Any]:
         """Settings safe to show in the admin panel (no secrets)."""
         hidden = {"admin_password", "api_keys"}
-        return {f.name: (str(v) if isinstance(v := getattr(self, f.name), Path) else v)
+        return {f.name: (_shown_path(v) if isinstance(v := getattr(self, f.name), Path) else v)
                 for f in fields(self) if f.name not in hidden}
+
+
+def _shown_path(path: Path) -> str:
+    """A directory as clients may see it: relative to the project root, else only its last part (no absolute
+    filesystem paths leave the server)."""
+    try:
+        return str(path.relative_to(PROJECT_ROOT))
+    except ValueError:
+        return f".../{path.name}"
 
 
 _INTS = {"cpu_threads", "inference_workers", "https_port", "http_port", "history_retention_days",
          "history_max_text_length", "search_timeout_ms", "live_max_sessions", "live_max_sessions_per_client",
          "live_idle_timeout", "live_max_session_seconds", "live_max_chunks_per_second", "live_resume_seconds",
-         "socket_timeout", "keepalive_timeout", "max_connections", "max_connections_per_ip", "max_audio_seconds"}
+         "socket_timeout", "keepalive_timeout", "max_connections", "max_connections_per_ip", "max_audio_seconds",
+         "max_concurrent_transcriptions", "max_concurrent_transcriptions_per_client", "max_queued_jobs",
+         "max_queued_audio_seconds"}
 _BOOLS = {"model_downloads", "http_redirect", "require_auth", "allow_registration", "result_cache"}
-_SIZES = {"max_upload_size", "live_max_chunk_size"}
+_SIZES = {"max_upload_size", "max_json_body", "max_import_size", "max_spooled_upload_bytes", "live_max_chunk_size"}
 _DIRS = {"models_dir", "data_dir", "ssl_dir"}
 _OPTIONAL_PATHS = {"ssl_cert_path", "ssl_key_path"}
 _LISTS = {"api_keys", "cors_origins"}

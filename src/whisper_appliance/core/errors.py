@@ -8,6 +8,7 @@ shape, ``{"error": {"code": ..., "message": ...}}``; the CLI prints the message.
 from __future__ import annotations
 
 import errno
+import re
 import sqlite3
 
 
@@ -117,6 +118,16 @@ class ModelUnavailable(ApplianceError):
         super().__init__(message, code=code, headers={"Retry-After": str(retry_after)})
 
 
+class ServerBusy(ApplianceError):
+    """The server is at one of its admission limits; the caller may try again after ``Retry-After`` (HTTP 503)."""
+
+    status = 503
+    code = "server_busy"
+
+    def __init__(self, message: str, *, retry_after: int = 5, code: str | None = None) -> None:
+        super().__init__(message, code=code, headers={"Retry-After": str(retry_after)})
+
+
 class Cancelled(ApplianceError):
     """Work was cancelled by its owner (a job deleted, a download cancelled)."""
 
@@ -129,3 +140,14 @@ class ConfigError(ApplianceError):
 
     status = 500
     code = "config_error"
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w:/.])/(?:[^\s/'\"]+/)+([^\s/'\"]*)")
+
+
+def hide_paths(text: str | None) -> str | None:
+    """``text`` with each absolute filesystem path cut to its last part (``/srv/wa/models/x`` -> ``.../x``); URLs
+    stay as they are."""
+    if not text:
+        return text
+    return _ABSOLUTE_PATH.sub(lambda m: f".../{m.group(1)}", text)

@@ -10,7 +10,8 @@ from flask import Blueprint, Flask, Response, jsonify
 from flask_socketio import SocketIO
 
 from .. import __version__
-from ..http import appliance
+from ..core.errors import hide_paths
+from ..http import appliance, require_access
 from ..services.metrics import CONTENT_TYPE
 
 bp = Blueprint("health", __name__)
@@ -35,7 +36,7 @@ def health() -> Response:
     if status.state != "ready":
         body["status"] = "degraded"
         body["reason"] = (f"model {status.name} is loading" if status.state == "loading"
-                          else status.error or "no model is loaded")
+                          else hide_paths(status.error) or "no model is loaded")
         resp = jsonify(body)
         resp.status_code = 503
         resp.headers["Retry-After"] = "5" if status.state == "loading" else "30"
@@ -43,7 +44,9 @@ def health() -> Response:
     return jsonify(body)
 
 
+# Status and metrics show counts and the host's load: under REQUIRE_AUTH only to a login or a token.
 @bp.get("/api/status")
+@require_access
 def status() -> Response:
     a = appliance()
     disk = psutil.disk_usage(str(a.settings.data_dir))
@@ -63,7 +66,7 @@ def status() -> Response:
             "load_average": list(os.getloadavg()),
             "memory": {"total": vm.total, "available": vm.available, "percent": vm.percent},
             "process_rss": proc.memory_info().rss,
-            "disk": {"path": str(a.settings.data_dir), "total": disk.total, "free": disk.free,
+            "disk": {"total": disk.total, "free": disk.free,
                      "percent": disk.percent},
             "gpu": _gpu(),
         },
@@ -71,6 +74,7 @@ def status() -> Response:
 
 
 @bp.get("/metrics")
+@require_access
 def metrics() -> Response:
     return Response(appliance().metrics.render(), mimetype=CONTENT_TYPE.split(";")[0],
                     headers={"Content-Type": CONTENT_TYPE})

@@ -36,6 +36,7 @@ from ..core.identity import GUEST_NAME
 from ..core.options import parse_int
 from ..http import (
     appliance,
+    body_limit,
     current_principal,
     download_name,
     formatted_response,
@@ -159,8 +160,9 @@ def export_all() -> Response:
         raise InvalidInput(f"format must be json or csv, got {fmt!r}", code="invalid_option")
     history, viewer, owner = appliance().history, current_principal(), owner_filter()
     chunks = history.export_json(viewer, owner=owner) if fmt == "json" else history.export_csv(viewer, owner=owner)
-    # Streamed from one read snapshot with no row cap; closing the response closes the reader connection.
-    resp = Response(stream_with_context(chunks), content_type=_EXPORTS[fmt])
+    # Streamed from one read snapshot with no row cap, each chunk read and formatted off the event loop; closing
+    # the response closes the reader connection.
+    resp = Response(stream_with_context(concurrency.iterate_blocking(chunks)), content_type=_EXPORTS[fmt])
     return _attachment(resp, f"whisper-appliance-history-{_stamp()}.{fmt}")
 
 
@@ -192,6 +194,7 @@ def _import_owner() -> int | None:
 
 
 @bp.post("/api/history/import")
+@body_limit("max_import_size")
 @require_admin
 def import_entries() -> Response:
     if request.files or request.mimetype == "multipart/form-data":
@@ -251,6 +254,7 @@ def backup() -> Response:
 
 
 @bp.post("/api/admin/restore")
+@body_limit("max_upload_size")
 @require_admin
 def restore() -> Response:
     a = appliance()

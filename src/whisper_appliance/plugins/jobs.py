@@ -16,7 +16,9 @@ from flask_socketio import SocketIO, emit, join_room, leave_room
 from ..core.errors import ApplianceError, InvalidInput
 from ..core.options import parse_int
 from ..http import (
+    admitted_upload,
     appliance,
+    body_limit,
     current_principal,
     formatted_response,
     owner_filter,
@@ -38,13 +40,15 @@ def jobs() -> JobQueue:
 
 
 @bp.post("/api/jobs")
+@body_limit("max_upload_size")
 @require_access
 def submit() -> Response:
     a = appliance()
-    upload = parse_upload_form()
-    with a.transcription.spooled(upload.storage.stream, upload.filename) as spooled:
-        view = jobs().submit(spooled, upload.options, owner=current_principal(), output=upload.output,
-                             requested_model=upload.model)
+    with admitted_upload(synchronous=False):
+        upload = parse_upload_form()
+        with a.transcription.spooled(upload.storage.stream, upload.filename) as spooled:
+            view = jobs().submit(spooled, upload.options, owner=current_principal(), output=upload.output,
+                                 requested_model=upload.model)
     body = {"job_id": view.job_id, "status": view.status, "links": view.links}
     if view.cached:
         body["cached"] = True

@@ -21,7 +21,15 @@ from ..core.formats import FORMATS, render
 from ..core.languages import language_name
 from ..core.options import parse_options
 from ..core.records import Segment, TranscribeOptions, Transcript
-from ..http import appliance, current_principal, require_access, safe_filename, uploaded_file
+from ..http import (
+    admitted_upload,
+    appliance,
+    body_limit,
+    current_principal,
+    require_access,
+    safe_filename,
+    uploaded_file,
+)
 from ..services.transcription import OPENAI_MODEL_ALIAS
 
 bp = Blueprint("openai_api", __name__, url_prefix="/v1")
@@ -111,6 +119,11 @@ def reply(transcript: Transcript, fmt: str, task: str, *, words: bool) -> Respon
 
 
 def audio_request(task: str) -> Response:
+    with admitted_upload(synchronous=True):
+        return _audio_request(task)
+
+
+def _audio_request(task: str) -> Response:
     a = appliance()
     storage = uploaded_file("file")
     form = request.form
@@ -134,12 +147,14 @@ def audio_request(task: str) -> Response:
 
 
 @bp.post("/audio/transcriptions")
+@body_limit("max_upload_size")
 @require_access
 def transcriptions() -> Response:
     return audio_request("transcribe")
 
 
 @bp.post("/audio/translations")
+@body_limit("max_upload_size")
 @require_access
 def translations() -> Response:
     return audio_request("translate")

@@ -12,7 +12,16 @@ from ..core.errors import InvalidInput
 from ..core.formats import FORMATS
 from ..core.options import parse_int, parse_options
 from ..core.records import TranscribeOptions
-from ..http import appliance, current_principal, formatted_response, require_access, safe_filename, uploaded_file
+from ..http import (
+    admitted_upload,
+    appliance,
+    body_limit,
+    current_principal,
+    formatted_response,
+    require_access,
+    safe_filename,
+    uploaded_file,
+)
 
 bp = Blueprint("upload", __name__)
 
@@ -51,13 +60,16 @@ def parse_upload_form() -> UploadForm:
 
 
 @bp.post("/transcribe")
+@body_limit("max_upload_size")
 @require_access
 def transcribe() -> Response:
     a = appliance()
-    upload = parse_upload_form()
-    with a.transcription.spooled(upload.storage.stream, upload.filename) as spooled:
-        result = a.transcription.transcribe_file(spooled, upload.options, source="upload", owner=current_principal(),
-                                                 requested_model=upload.model, metadata={"size_bytes": spooled.size})
+    with admitted_upload(synchronous=True):
+        upload = parse_upload_form()
+        with a.transcription.spooled(upload.storage.stream, upload.filename) as spooled:
+            result = a.transcription.transcribe_file(spooled, upload.options, source="upload",
+                                                     owner=current_principal(), requested_model=upload.model,
+                                                     metadata={"size_bytes": spooled.size})
     if upload.output == "json":
         return jsonify(result.to_dict(words=upload.options.word_timestamps))
     return formatted_response(result.transcript, upload.output, upload.filename,
@@ -65,12 +77,14 @@ def transcribe() -> Response:
 
 
 @bp.post("/api/detect-language")
+@body_limit("max_upload_size")
 @require_access
 def detect_language() -> Response:
     a = appliance()
-    storage = uploaded_file(*FILE_FIELDS)
-    with a.transcription.spooled(storage.stream, safe_filename(storage.filename)) as spooled:
-        detection = a.transcription.detect_language(spooled)
+    with admitted_upload(synchronous=True):
+        storage = uploaded_file(*FILE_FIELDS)
+        with a.transcription.spooled(storage.stream, safe_filename(storage.filename)) as spooled:
+            detection = a.transcription.detect_language(spooled)
     return jsonify(detection.to_dict())
 
 

@@ -169,6 +169,13 @@ class JobStore:
             rows = conn.execute("SELECT status, count(*) FROM jobs GROUP BY status").fetchall()
         return {**dict.fromkeys(STATUSES, 0), **{status: n for status, n in rows}}
 
+    def queued_load(self) -> tuple[int, float]:
+        """Unfinished (queued or running) jobs of every owner: how many, and their seconds of audio."""
+        with self.db.read() as conn:
+            n, seconds = conn.execute("SELECT count(*), coalesce(sum(duration), 0) FROM jobs "
+                                      "WHERE status IN ('queued', 'processing')").fetchone()
+        return int(n), float(seconds)
+
     def counts_by_owner(self) -> dict[int | None, dict[str, int]]:
         """Per owner (None: guests), the number of jobs in each status."""
         out: dict[int | None, dict[str, int]] = {}

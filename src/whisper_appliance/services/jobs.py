@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 from ..core import concurrency
 from ..core.audio import decode_audio
-from ..core.errors import ApplianceError, Conflict, InvalidInput, NotFound, disk_full, is_disk_full
+from ..core.errors import ApplianceError, Conflict, InvalidInput, NotFound, ServerBusy, disk_full, is_disk_full
 from ..core.identity import SYSTEM, OwnerFilter, Principal
 from ..core.options import check_language_for_model
 from ..core.records import SAMPLE_RATE, TranscribeOptions
@@ -280,10 +280,12 @@ class JobQueue:
             publish_final(self.events, job)
             return job_view(job)
 
+        self._check_queue(0.0)
         # Decoded to refuse bad audio before the 202 and to know its length; the samples are not kept: the
         # runner decodes the stored file again when the job's turn comes.
         duration = len(decode_audio(spooled.path, tmp_dir=str(self.transcription.tmp_dir),
                                     max_seconds=self.transcription.settings.max_audio_seconds)) / SAMPLE_RATE
+        self._check_queue(duration)
         job_id = uuid.uuid4().hex
         path = self.jobs_dir / f"{job_id}{JOB_FILE_SUFFIX}"
         _keep_copy(spooled.path, path)
@@ -296,6 +298,19 @@ class JobQueue:
         self.runner.run(job)
         log.info("job %s queued: %s, %.1f s of audio", job.id, job.filename, job.duration or 0.0)
         return self._view(job)
+
+    def _check_queue(self, seconds: float) -> None:
+        """503 job_queue_full when one more job of ``seconds`` would pass MAX_QUEUED_JOBS or
+        MAX_QUEUED_AUDIO_SECONDS (checked before decoding with 0 s, and again once the duration is known)."""
+        settings = self.transcription.settings
+        count, queued = self.store.queued_load()
+        if count >= settings.max_queued_jobs:
+            raise ServerBusy(f"{count} jobs are already waiting, the limit (MAX_QUEUED_JOBS); try again later",
+                             code="job_queue_full", retry_after=60)
+        if queued + seconds > settings.max_queued_audio_seconds:
+            raise ServerBusy(f"the job queue already holds {queued:.0f} s of audio; this upload's {seconds:.0f} s "
+                             f"would pass the limit of {settings.max_queued_audio_seconds} s "
+                             "(MAX_QUEUED_AUDIO_SECONDS); try again later", code="job_queue_full", retry_after=60)
 
     # -- reading and cancelling (request handlers) -------------------------------------------------------------
     def get(self, viewer: Principal, job_id: str, *, with_result: bool = True) -> JobView:

@@ -25,7 +25,7 @@ from ..core import concurrency
 from ..core.catalog import ENGINES
 from ..core.config import Settings
 from ..core.engines.base import Engine
-from ..core.errors import ApplianceError, InvalidInput, ModelUnavailable
+from ..core.errors import ApplianceError, InvalidInput, ModelUnavailable, hide_paths
 from ..core.model_store import ModelStore, check_name
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,10 @@ class ModelStatus:
     progress: float | None = None  # download/load fraction while loading
 
     def to_dict(self) -> dict[str, Any]:
+        """What clients see: no filesystem locations (not ``path``, none in ``error``)."""
         out = asdict(self)
+        del out["path"]
+        out["error"] = hide_paths(self.error)
         if self.load_seconds is not None:
             out["load_seconds"] = round(self.load_seconds, 3)
         if self.progress is not None:
@@ -172,7 +175,7 @@ class ModelManager:
         concurrency.start_os_thread(self._run_load, name=f"model-load-{name}", args=(ticket,))
         if not wait:
             return status
-        concurrency.wait_blocking(ticket.done.wait)
+        concurrency.wait_event(ticket.done)
         assert ticket.status is not None
         return ticket.status
 

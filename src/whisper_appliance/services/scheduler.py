@@ -81,7 +81,8 @@ class Ticket(Generic[T]):
         return self._done.is_set()
 
     def wait(self, timeout: float | None = None) -> bool:
-        return self._done.wait(timeout)
+        """Wait until done; from request code on the event loop this is a green wait (no tpool thread)."""
+        return concurrency.wait_event(self._done, timeout)
 
     def result(self, timeout: float | None = None) -> T:
         """Block (a real wait) until done; raise the work's error. Use ``Scheduler.wait`` from request code."""
@@ -203,7 +204,7 @@ class InferenceScheduler:
 
     def wait(self, ticket: Ticket[T], timeout: float | None = None) -> T:
         if not ticket.done():
-            concurrency.wait_blocking(ticket.wait, timeout)
+            ticket.wait(timeout)
         return ticket.result(0)
 
     def _enqueue(self, ticket: Ticket[T]) -> Ticket[T]:

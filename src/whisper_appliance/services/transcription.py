@@ -23,6 +23,7 @@ from typing import IO, Any
 import numpy as np
 
 from ..core import concurrency
+from ..core.admission import AdmissionLimits
 from ..core.audio import decode_audio
 from ..core.config import Settings
 from ..core.engines.base import Engine, ProgressCallback
@@ -112,6 +113,9 @@ class TranscriptionService:
         self.history = history
         self.metrics = metrics
         self.tmp_dir = Path(settings.data_dir) / "tmp"
+        self.admission = AdmissionLimits(max_transcriptions=settings.max_concurrent_transcriptions,
+                                         max_per_client=settings.max_concurrent_transcriptions_per_client,
+                                         max_spooled_bytes=settings.max_spooled_upload_bytes)
 
     # -- uploads -----------------------------------------------------------------------------------------------
     def clean_tmp(self) -> int:
