@@ -76,10 +76,11 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("SSL_CERT_PATH", "", "Your own certificate (PEM); used as is."),
     Variable("SSL_KEY_PATH", "", "Your own private key (PEM)."),
     Variable("MAX_UPLOAD_SIZE", "100MB", "Largest upload, e.g. 500KB, 100MB, 2GB."),
-    Variable("ADMIN_PASSWORD", "", "Password of the account 'admin' (set, enabled and made an admin at every start); "
-                                   "if empty, a first admin is created with a generated password, logged once."),
+    Variable("ADMIN_PASSWORD", "", "Password of the account 'admin' (set, enabled and made an admin at every start; "
+                                   "12+ characters, not a common one); if empty, a first admin is created with a "
+                                   "generated password, logged once and written to DATA_DIR/admin-password.txt."),
     Variable("API_KEYS", "", "Comma-separated tokens accepted as 'Authorization: Bearer': 'transcribe' tokens of "
-                             "the admin account."),
+                             "the admin account; 16+ characters each."),
     Variable("REQUIRE_AUTH", "false", "Every request needs a login or a token; false: anonymous callers share a "
                                       "guest history."),
     Variable("ALLOW_REGISTRATION", "false", "Anyone who can reach the server may create a user account."),
@@ -94,6 +95,30 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("LIVE_RESUME_SECONDS", "30", "A live session whose connection drops waits this long for the client to "
                                           "resume it (same text, same history entry); 0 saves it at once."),
 )
+
+
+# Credentials set in the environment are checked at start: a short key or a common password is refused.
+MIN_API_KEY_LENGTH = 16
+MIN_ADMIN_PASSWORD_LENGTH = 12
+COMMON_PASSWORDS = frozenset({
+    "123456789012", "1234567890123", "administrator", "adminadmin123", "changeme1234", "letmein12345",
+    "password1234", "password12345", "passwordpassword", "qwertyuiop12", "qwerty123456", "whisperadmin",
+    "whisper-admin", "whisperappliance", "whisper-appliance", "iloveyou1234", "welcome12345",
+})
+
+
+def credential_problems(admin_password: str, api_keys: tuple[str, ...]) -> list[str]:
+    """What is too weak in ADMIN_PASSWORD and API_KEYS (never quoting the secrets themselves)."""
+    problems = []
+    if admin_password and len(admin_password) < MIN_ADMIN_PASSWORD_LENGTH:
+        problems.append(f"ADMIN_PASSWORD must have at least {MIN_ADMIN_PASSWORD_LENGTH} characters")
+    elif admin_password and admin_password.lower() in COMMON_PASSWORDS:
+        problems.append("ADMIN_PASSWORD is a common password: choose another")
+    short = [str(i) for i, key in enumerate(api_keys, start=1) if len(key) < MIN_API_KEY_LENGTH]
+    if short:
+        problems.append(f"API_KEYS: key(s) #{', #'.join(short)} have fewer than {MIN_API_KEY_LENGTH} characters "
+                        "(generate one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))')")
+    return problems
 
 
 @dataclass(frozen=True)
@@ -175,6 +200,7 @@ class Settings:
                 problems.append(f"{name.upper()} must be greater than 0")
         if bool(self.ssl_cert_path) != bool(self.ssl_key_path):
             problems.append("SSL_CERT_PATH and SSL_KEY_PATH must be set together")
+        problems.extend(credential_problems(self.admin_password, self.api_keys))
         if problems:
             raise ConfigError("Invalid configuration:\n  " + "\n  ".join(problems))
         return self

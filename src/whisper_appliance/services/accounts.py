@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from limits import RateLimitItem, parse_many
@@ -57,6 +59,7 @@ from .database import Database, format_timestamp
 log = logging.getLogger(__name__)
 
 ADMIN_NAME = "admin"
+GENERATED_PASSWORD_FILE = "admin-password.txt"  # in DATA_DIR, mode 0600, written when the password is generated
 SESSION_LIFETIME = timedelta(hours=12)  # browser sessions and tokens from POST /api/auth/token
 LAST_USED_WRITE_INTERVAL = timedelta(minutes=1)  # a credential's last_used_at is written at most this often
 LOGIN_LIMITS_PER_IP = "10 per minute"
@@ -222,9 +225,19 @@ class Accounts:
             self._import_legacy_tokens(legacy.tokens)
         self.auth_file.drop_legacy()
         if generated is not None:
+            saved = self._save_generated_password(generated)
             bar = "=" * 72
-            log.warning("\n%s\nAdmin password generated: %s\n(user %r; shown once; stored only as a hash in %s)\n%s",
-                        bar, generated, ADMIN_NAME, self.db.path, bar)
+            log.warning("\n%s\nAdmin password generated: %s\n(user %r; shown once; also in %s (mode 0600): "
+                        "delete it once read)\n%s", bar, generated, ADMIN_NAME, saved, bar)
+
+    def _save_generated_password(self, password: str) -> Path:
+        """Write the generated password to DATA_DIR/admin-password.txt, readable by the service user only."""
+        path = self.db.path.parent / GENERATED_PASSWORD_FILE
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            os.fchmod(out.fileno(), 0o600)  # the file may have existed with a wider mode
+            out.write(f"{ADMIN_NAME}\n{password}\n")
+        return path
 
     def _ensure_env_admin(self) -> None:
         with self.db.read() as conn:
