@@ -13,7 +13,7 @@
 #   - runs scripts/dev.sh setup there (apt packages, .venv, bundled models),
 #   - writes /etc/whisper-appliance.env once (settings; see README.md) and the systemd unit,
 #   - enables and starts whisper-appliance.service.
-# The admin password is generated on first start and printed once: journalctl -u whisper-appliance | grep -A2 Admin
+# The admin password is generated on first start, logged once and written to /opt/whisper-appliance/data/admin-password.txt (0600).
 set -euo pipefail
 
 PREFIX="${WHISPER_PREFIX:-/opt/whisper-appliance}"   # overridable for tests
@@ -123,9 +123,9 @@ WHISPER_MODEL=base
 WHISPER_ENGINE=faster-whisper
 HTTPS_PORT=5001
 HTTP_PORT=5000
-# ADMIN_PASSWORD=choose-one   (otherwise generated on first start and logged once)
+# ADMIN_PASSWORD=choose-one   (12+ characters; otherwise generated on first start, see data/admin-password.txt)
 # REQUIRE_AUTH=true
-# API_KEYS=token1,token2
+# API_KEYS=token1,token2   (16+ characters each)
 EOF
     chmod 600 "$ENV_FILE"
 fi

@@ -87,7 +87,10 @@ def create_app(settings: Settings | None = None, *, appliance: Appliance | None 
         token = auth.get("token") if isinstance(auth, dict) else None
         principal: Principal | None = None
         if token:
-            principal = appliance.accounts.verify(token)
+            try:
+                principal = appliance.accounts.verify_bearer(token, http.client_address())
+            except ApplianceError as err:  # too many wrong tokens from this address
+                raise SocketRefused({"code": err.code, "message": err.message}) from None
             if principal is None:
                 raise SocketRefused({"code": "invalid_token", "message": "the token is not valid"})
         else:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from limits import parse_many
+
 from .catalog import ENGINES, MODEL_NAMES
 from .errors import ConfigError
 
@@ -81,6 +83,8 @@ VARIABLES: tuple[Variable, ...] = (
                                    "generated password, logged once and written to DATA_DIR/admin-password.txt."),
     Variable("API_KEYS", "", "Comma-separated tokens accepted as 'Authorization: Bearer': 'transcribe' tokens of "
                              "the admin account; 16+ characters each."),
+    Variable("AUTH_TOKEN_FAILURE_LIMIT", "100 per minute", "Wrong bearer tokens accepted per client address before "
+                                                           "429 (e.g. '10 per minute; 100 per hour')."),
     Variable("REQUIRE_AUTH", "false", "Every request needs a login or a token; false: anonymous callers share a "
                                       "guest history."),
     Variable("ALLOW_REGISTRATION", "false", "Anyone who can reach the server may create a user account."),
@@ -143,6 +147,7 @@ class Settings:
     max_upload_size: int = 100 * 1024 ** 2
     admin_password: str = field(default="", repr=False)
     api_keys: tuple[str, ...] = field(default=(), repr=False)
+    auth_token_failure_limit: str = "100 per minute"
     require_auth: bool = False
     allow_registration: bool = False
     cors_origins: tuple[str, ...] = ()
@@ -200,6 +205,10 @@ class Settings:
                 problems.append(f"{name.upper()} must be greater than 0")
         if bool(self.ssl_cert_path) != bool(self.ssl_key_path):
             problems.append("SSL_CERT_PATH and SSL_KEY_PATH must be set together")
+        try:
+            parse_many(self.auth_token_failure_limit)
+        except ValueError:
+            problems.append(f"AUTH_TOKEN_FAILURE_LIMIT={self.auth_token_failure_limit!r}: use e.g. '10 per minute'")
         problems.extend(credential_problems(self.admin_password, self.api_keys))
         if problems:
             raise ConfigError("Invalid configuration:\n  " + "\n  ".join(problems))

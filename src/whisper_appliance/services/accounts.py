@@ -64,6 +64,7 @@ SESSION_LIFETIME = timedelta(hours=12)  # browser sessions and tokens from POST 
 LAST_USED_WRITE_INTERVAL = timedelta(minutes=1)  # a credential's last_used_at is written at most this often
 LOGIN_LIMITS_PER_IP = "10 per minute"
 LOGIN_LIMITS_PER_USER = "20 per hour"
+TOKEN_FAILURE_LIMITS = "100 per minute"  # wrong bearer tokens per client address (AUTH_TOKEN_FAILURE_LIMIT)
 MAX_LABEL_LENGTH = 100
 KINDS = ("session", "access", "personal")
 
@@ -180,17 +181,45 @@ class LoginThrottle:
         return max(1, math.ceil(reset - time.time()))
 
 
+class TokenThrottle:
+    """Wrong bearer tokens per client address: guessing tokens is answered with 429 once a limit is used up.
+
+    An attempt is counted before the token is checked and given back when it was right, so an address that
+    used up its limit cannot learn whether its next guess is right."""
+
+    def __init__(self, limits: str = TOKEN_FAILURE_LIMITS) -> None:
+        self._limiter = FixedWindowRateLimiter(MemoryStorage())
+        self._items = parse_many(limits)
+
+    def attempt(self, address: str) -> Attempt:
+        taken: list[tuple[RateLimitItem, str, str]] = []
+        for item in self._items:
+            taken.append((item, "ip", address))
+            if not self._limiter.hit(item, "token", "ip", address):
+                reset = self._limiter.get_window_stats(item, "token", "ip", address).reset_time
+                retry = max(1, math.ceil(reset - time.time()))
+                self.succeeded(Attempt(tuple(taken)))  # a refused attempt checked no token: it is not a guess
+                raise RateLimited(f"too many wrong tokens from this address (at most {item}); try again in {retry} s",
+                                  code="rate_limited", headers={"Retry-After": str(retry)})
+        return Attempt(tuple(taken))
+
+    def succeeded(self, attempt: Attempt) -> None:
+        for item, kind, who in attempt.keys:
+            self._limiter.hit(item, "token", kind, who, cost=-1)
+
+
 # --- the service ------------------------------------------------------------------------------------------------
 
 class Accounts:
     def __init__(self, db: Database, auth_file: AuthFile, *, admin_password: str = "",
                  api_keys: Iterable[str] = (), allow_registration: bool = False,
-                 throttle: LoginThrottle | None = None,
+                 throttle: LoginThrottle | None = None, token_throttle: TokenThrottle | None = None,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.db = db
         self.auth_file = auth_file
         self.allow_registration = allow_registration
         self.throttle = throttle or LoginThrottle()
+        self.token_throttle = token_throttle or TokenThrottle()
         self._admin_password = admin_password
         self._clock = clock
         self._api_keys = [_ApiKey(f"api-key-{i}", f"API_KEYS #{i}", token_digest(key))
@@ -499,6 +528,15 @@ class Accounts:
                           expires))
         return Issued(token=token, credential_id=credential_id, user=user, scope=scope,
                       expires_in=int(lifetime.total_seconds()) if lifetime is not None else None)
+
+    def verify_bearer(self, token: str, address: str) -> Principal | None:
+        """``verify`` for a token a client presents (a header, Socket.IO auth): wrong ones count per address and
+        raise RateLimited once too many came from it."""
+        attempt = self.token_throttle.attempt(address)
+        principal = self.verify(token)
+        if principal is not None:
+            self.token_throttle.succeeded(attempt)
+        return principal
 
     def verify(self, token: str | None) -> Principal | None:
         """The principal a token (session, access, personal, API_KEYS) stands for; None when it is not valid."""
