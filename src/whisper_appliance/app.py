@@ -23,6 +23,7 @@ from . import http
 from .core.config import Settings
 from .core.errors import ApplianceError
 from .core.identity import Principal
+from .core.tls import CertificateInfo
 from .services.appliance import Appliance
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,9 @@ def origin_allowed(origin: str | None, host: str | None, extra: tuple[str, ...])
 
 
 def create_app(settings: Settings | None = None, *, appliance: Appliance | None = None,
-               start_services: bool = True, load_model: bool = True) -> Flask:
+               start_services: bool = True, load_model: bool = True,
+               certificate: CertificateInfo | None = None) -> Flask:
+    """The Flask app; ``certificate`` is the TLS certificate the server uses (shown to admins), when it has one."""
     settings = settings or Settings.from_env()
     appliance = appliance or Appliance.build(settings)
 
@@ -58,6 +61,7 @@ def create_app(settings: Settings | None = None, *, appliance: Appliance | None 
         SESSION_COOKIE_NAME="wa_session",
     )
     app.json.sort_keys = False  # keep documented field order in replies
+    app.extensions["certificate"] = certificate
     app.extensions["appliance"] = appliance
     http.install(app)
     http.limiter.init_app(app)

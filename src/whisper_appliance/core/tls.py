@@ -63,6 +63,12 @@ class CertificateInfo:
     fingerprint_sha256: str  # "AB:CD:...", as browsers show it
     custom: bool
 
+    def to_dict(self) -> dict[str, object]:
+        """What the admin sees: enough to compare with what a browser shows, no key material."""
+        return {"fingerprint_sha256": self.fingerprint_sha256, "not_after": self.not_after.isoformat(),
+                "san_dns": list(self.san_dns), "san_ips": list(self.san_ips), "custom": self.custom,
+                "cert_path": str(self.cert_path)}
+
 
 # --- pure helpers ---------------------------------------------------------------------------------------------
 
