@@ -177,8 +177,10 @@ def test_generated_admin_password_is_logged_once_and_survives_a_restart(start_se
     passwords = GENERATED.findall(srv.log())
     assert len(passwords) == 1
     password = passwords[0]
+    saved = srv.data_dir / "admin-password.txt"  # the one plaintext copy, for the service user only
+    assert saved.read_text().split() == ["admin", password] and saved.stat().st_mode & 0o777 == 0o600
     for path in srv.data_dir.rglob("*"):
-        if path.is_file():
+        if path.is_file() and path != saved:
             assert password.encode() not in path.read_bytes(), f"plaintext password found in {path}"
     assert b"scrypt$" not in (srv.data_dir / "auth.json").read_bytes()  # the hash lives in the database now
     with sqlite3.connect(srv.data_dir / "appliance.db") as conn:
