@@ -27,6 +27,7 @@ need_apt_packages() {
     if [ "$mode" = test ]; then
         command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
         command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || missing+=(chromium)
+        command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
     fi
     printf '%s\n' "${missing[@]:-}" | sed '/^$/d'
 }

@@ -22,6 +22,7 @@ from . import http
 from .core.config import Settings
 from .core.errors import ApplianceError
 from .core.identity import Principal
+from .core.tls import CertificateInfo
 from .services.appliance import Appliance
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,9 @@ EVENT_PUMP_INTERVAL = 0.2  # seconds: events reach clients "at most a few times 
 
 
 def create_app(settings: Settings | None = None, *, appliance: Appliance | None = None,
-               start_services: bool = True, load_model: bool = True) -> Flask:
+               start_services: bool = True, load_model: bool = True,
+               certificate: CertificateInfo | None = None) -> Flask:
+    """The Flask app; ``certificate`` is the TLS certificate the server uses (shown to admins), when it has one."""
     settings = settings or Settings.from_env()
     appliance = appliance or Appliance.build(settings)
 
@@ -47,6 +50,7 @@ def create_app(settings: Settings | None = None, *, appliance: Appliance | None 
         SESSION_COOKIE_NAME="wa_session",
     )
     app.json.sort_keys = False  # keep documented field order in replies
+    app.extensions["certificate"] = certificate
     app.extensions["appliance"] = appliance
     http.install(app)
     http.limiter.init_app(app)
@@ -80,7 +84,10 @@ def create_app(settings: Settings | None = None, *, appliance: Appliance | None 
                                  "message": f"auth.token must be a string, not {type(token).__name__}"})
         principal: Principal | None = None
         if token:
-            principal = appliance.accounts.verify(token)
+            try:
+                principal = appliance.accounts.verify_bearer(token, http.client_address())
+            except ApplianceError as err:  # too many wrong tokens from this address
+                raise SocketRefused({"code": err.code, "message": err.message}) from None
             if principal is None:
                 raise SocketRefused({"code": "invalid_token", "message": "the token is not valid"})
         else:

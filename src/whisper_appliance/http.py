@@ -67,7 +67,7 @@ def current_principal() -> Principal:
     principal, via_cookie = GUEST, False
     token = parse_bearer(request.headers.get("Authorization"))
     if token:
-        found = a.accounts.verify(token)
+        found = a.accounts.verify_bearer(token, client_address())
         if found is not None:
             principal = found
         elif a.settings.require_auth or not request.path.startswith("/v1/"):

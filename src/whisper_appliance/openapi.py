@@ -610,6 +610,17 @@ def admin_paths() -> dict[str, Any]:
         "/api/admin/settings": {"get": operation(
             "adminSettings", "admin", "The effective settings (secrets masked)",
             {200: ok("Settings.", {"type": "object", "additionalProperties": True})}, security=ADMIN)},
+        "/api/admin/certificate": {"get": operation(
+            "adminCertificate", "admin", "The TLS certificate in use: SHA-256 fingerprint, validity, names",
+            {200: ok("The certificate.", obj({
+                "fingerprint_sha256": {"type": "string", "example": "AB:CD:..."},
+                "not_after": {"type": "string", "format": "date-time"},
+                "san_dns": {"type": "array", "items": {"type": "string"}},
+                "san_ips": {"type": "array", "items": {"type": "string"}},
+                "custom": {"type": "boolean", "description": "true: SSL_CERT_PATH; false: generated"},
+                "cert_path": {"type": "string"},
+            }, ("fingerprint_sha256", "not_after", "san_dns", "san_ips", "custom")))},
+            errors=(404,), security=ADMIN)},
     }
 
 

@@ -60,7 +60,7 @@ def serve(settings: Settings) -> None:
 
     from .app import create_app, socketio_of
 
-    app = create_app(settings)
+    app = create_app(settings, certificate=cert)
     socketio = socketio_of(app)
     limits = connection_limits(settings)
     redirect = None

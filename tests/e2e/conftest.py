@@ -37,7 +37,7 @@ def _load_bench_live():
 bench = _load_bench_live()
 ADMIN_PASSWORD = "e2e-admin-password"
 LIVE_RESUME_SECONDS = 5
-API_TOKEN = "e2e-test-token"
+API_TOKEN = "e2e-test-token-0123456789"
 
 # This machine sets these, and they override `verify=` in requests: tests talk to our self-signed server.
 for _var in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from tests.conftest import SPEECH_DIR
 from tests.e2e.conftest import ServerProcess, bench, login
@@ -174,8 +177,10 @@ def test_generated_admin_password_is_logged_once_and_survives_a_restart(start_se
     passwords = GENERATED.findall(srv.log())
     assert len(passwords) == 1
     password = passwords[0]
+    saved = srv.data_dir / "admin-password.txt"  # the one plaintext copy, for the service user only
+    assert saved.read_text().split() == ["admin", password] and saved.stat().st_mode & 0o777 == 0o600
     for path in srv.data_dir.rglob("*"):
-        if path.is_file():
+        if path.is_file() and path != saved:
             assert password.encode() not in path.read_bytes(), f"plaintext password found in {path}"
     assert b"scrypt$" not in (srv.data_dir / "auth.json").read_bytes()  # the hash lives in the database now
     with sqlite3.connect(srv.data_dir / "appliance.db") as conn:
@@ -255,3 +260,12 @@ def test_switch_to_an_unavailable_model_and_back(start_server):
     assert ("tiny.en", "ready") in states
     error_event = next(e for e in events() if e["state"] == "error")
     assert "tiny.en" in error_event["error"]
+
+
+def test_the_certificate_fingerprint_is_the_one_served(admin, server):
+    port = int(server.base_url.rsplit(":", 1)[1])
+    served = x509.load_pem_x509_certificate(ssl.get_server_certificate(("127.0.0.1", port), timeout=10).encode())
+    expected = served.fingerprint(hashes.SHA256()).hex(":").upper()
+    body = admin.get(server.url("/api/admin/certificate"), timeout=10).json()
+    assert body["fingerprint_sha256"] == expected
+    assert expected in admin.get(server.url("/admin"), timeout=10).text

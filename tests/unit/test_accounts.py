@@ -6,6 +6,7 @@ import base64
 import json
 import logging
 import re
+import stat
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -90,8 +91,11 @@ def test_generated_admin_password_is_logged_once_and_stored_as_a_hash(make, tmp_
     record = next(r for r in caplog.records if GENERATED.search(r.getMessage()))
     assert record.levelno == logging.WARNING and "shown once" in record.getMessage()
     assert first.authenticate("admin", passwords[0], ADDRESS).role == "admin"
+    saved = tmp_path / "data" / "admin-password.txt"  # also in a file only the service user may read
+    assert saved.read_text().split() == ["admin", passwords[0]] and stat.S_IMODE(saved.stat().st_mode) == 0o600
     for path in (tmp_path / "data").iterdir():
-        assert passwords[0].encode() not in path.read_bytes()
+        if path != saved:
+            assert passwords[0].encode() not in path.read_bytes()
 
 
 def test_an_install_from_before_accounts_keeps_its_admin_password_tokens_and_secret(make, tmp_path, caplog):

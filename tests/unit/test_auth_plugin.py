@@ -13,6 +13,7 @@ import pytest
 
 from whisper_appliance import app as app_module
 from whisper_appliance.core.config import Settings
+from whisper_appliance.core.errors import ConfigError
 from whisper_appliance.http import limiter
 from whisper_appliance.services.appliance import Appliance
 from whisper_appliance.services.model_manager import ModelManager
@@ -257,3 +258,36 @@ def test_an_invalid_session_cookie_is_just_logged_out(app):
         conn.execute("DELETE FROM credentials")
     assert c.get("/api/auth/me").get_json()["authenticated"] is False
     assert c.get("/api/history").status_code == 200  # a guest now, in open mode
+
+
+def test_wrong_bearer_tokens_are_rate_limited_per_address(make_app):
+    app = make_app(auth_token_failure_limit="3 per hour")
+    guesser = bearer(app, "wa_not-a-real-token-at-all")
+    for _ in range(3):
+        r = guesser.get("/api/history")
+        assert r.status_code == 401 and r.get_json()["error"]["code"] == "invalid_token"
+    r = guesser.get("/api/history")
+    assert r.status_code == 429 and r.get_json()["error"]["code"] == "rate_limited"
+    assert int(r.headers["Retry-After"]) >= 1
+    # Once the limit is used up, even a right token from that address is not checked (no oracle for guesses)...
+    assert bearer(app, TOKEN).get("/api/history").status_code == 429
+    # ...while another address is unaffected, and right tokens never count.
+    other = bearer(app, TOKEN)
+    for _ in range(5):
+        assert other.get("/api/history", environ_base={"REMOTE_ADDR": "10.0.0.9"}).status_code == 200
+
+
+def test_the_token_failure_limit_is_validated():
+    with pytest.raises(ConfigError) as err:
+        Settings(auth_token_failure_limit="lots").validated()
+    assert "AUTH_TOKEN_FAILURE_LIMIT" in str(err.value)
+
+
+def test_wrong_socketio_tokens_count_against_the_same_limit(make_app):
+    app = make_app(auth_token_failure_limit="2 per hour")
+    socketio = app.extensions["appliance_socketio"]
+    for _ in range(2):
+        assert bearer(app, "wa_wrong-token-guess").get("/api/history").status_code == 401
+    refused = socketio.test_client(app, auth={"token": TOKEN})  # right token, but this address used its limit up
+    assert not refused.is_connected()
+    assert bearer(app, TOKEN).get("/api/history", environ_base={"REMOTE_ADDR": "10.0.0.9"}).status_code == 200

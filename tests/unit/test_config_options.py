@@ -42,8 +42,8 @@ def test_semantic_validation():
 
 
 def test_lists_and_booleans():
-    s = Settings.from_env({"API_KEYS": "a, b,,c", "REQUIRE_AUTH": "yes", "CORS_ORIGINS": "https://x.example"})
-    assert s.api_keys == ("a", "b", "c") and s.require_auth is True and s.cors_origins == ("https://x.example",)
+    s = Settings.from_env({"API_KEYS": "aaaaaaaaaaaaaaaa, bbbbbbbbbbbbbbbb,,cccccccccccccccc", "REQUIRE_AUTH": "yes", "CORS_ORIGINS": "https://x.example"})
+    assert s.api_keys == ("a" * 16, "b" * 16, "c" * 16) and s.require_auth is True and s.cors_origins == ("https://x.example",)
     assert "api_keys" not in s.public_dict() and "admin_password" not in s.public_dict()
 
 
@@ -114,3 +114,21 @@ def test_history_text_and_search_limits_are_generous_settings_that_must_be_posit
     for name in ("HISTORY_MAX_TEXT_LENGTH", "SEARCH_TIMEOUT_MS"):
         with pytest.raises(ConfigError, match=name):
             Settings.from_env({name: "0"})
+
+
+@pytest.mark.parametrize("env,message", [
+    ({"API_KEYS": "long-enough-key-0123456789,short"}, "API_KEYS: key(s) #2 have fewer than 16 characters"),
+    ({"ADMIN_PASSWORD": "short-pw"}, "ADMIN_PASSWORD must have at least 12 characters"),
+    ({"ADMIN_PASSWORD": "Password1234"}, "ADMIN_PASSWORD is a common password"),
+])
+def test_weak_credentials_are_refused_at_start_without_quoting_them(env, message):
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env(env)
+    assert message in str(err.value)
+    for secret in env.values():
+        assert secret not in str(err.value)
+
+
+def test_strong_credentials_are_accepted():
+    s = Settings.from_env({"API_KEYS": "k" * 16, "ADMIN_PASSWORD": "a long admin passphrase"})
+    assert s.api_keys == ("k" * 16,) and s.admin_password == "a long admin passphrase"

@@ -17,7 +17,7 @@ import pytest
 from whisper_appliance.core import catalog
 from whisper_appliance.core.catalog import BundledModel, BundledPart
 from whisper_appliance.core.config import Settings
-from whisper_appliance.core.errors import InvalidInput, ModelUnavailable, NotFound
+from whisper_appliance.core.errors import ApplianceError, InvalidInput, ModelUnavailable, NotFound
 from whisper_appliance.core.model_store import ModelStore, is_ct2_dir
 
 BOGUS_HUB = "http://127.0.0.1:9"  # nothing listens there: a hub download fails at once
@@ -35,6 +35,10 @@ def store_for(tmp_path: Path, *, downloads: bool = False) -> ModelStore:
     return ModelStore(Settings(models_dir=tmp_path / "models", model_downloads=downloads), hf_endpoint=BOGUS_HUB)
 
 
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 @pytest.fixture
 def fake_bundle(tmp_path, monkeypatch):
     """Model 'tiny' bundled in two fake installed packages, its model.bin split in two parts."""
@@ -47,10 +51,11 @@ def fake_bundle(tmp_path, monkeypatch):
         (root / "fake_bundle_one" / "data" / name).write_text(f"{name} content")
     monkeypatch.syspath_prepend(str(root))
     importlib.invalidate_caches()
-    files = tuple(BundledPart(n, (("fake_bundle_one", f"data/{n}"),))
+    files = tuple(BundledPart(n, (("fake_bundle_one", f"data/{n}"),), _sha256(f"{n} content".encode()))
                   for n in ("config.json", "tokenizer.json", "vocabulary.txt"))
     files += (BundledPart("model.bin", (("fake_bundle_one", "data/model.bin.part"),
-                                        ("fake_bundle_two", "data/model.bin.part"))),)
+                                        ("fake_bundle_two", "data/model.bin.part")),
+                          _sha256(b"first-half|second-half")),)
     bundle = BundledModel(packages=("fake_bundle_one", "fake_bundle_two"), files=files,
                           size_bytes=len(b"first-half|second-half"))
     monkeypatch.setitem(catalog.MODELS, "tiny", replace(catalog.MODELS["tiny"], bundled=bundle))
@@ -125,6 +130,23 @@ def test_damaged_bundle_is_rejected_and_leaves_nothing(tmp_path, fake_bundle, mo
     with pytest.raises(Exception, match="damaged"):
         store.install_bundled("tiny")
     assert list(store.models_dir.iterdir()) == []
+
+
+def test_a_bundled_file_with_another_sha256_is_refused_and_leaves_nothing(tmp_path, fake_bundle):
+    (tmp_path / "site" / "fake_bundle_two" / "data" / "model.bin.part").write_bytes(b"tampered-ha")  # same size
+    store = store_for(tmp_path)
+    with pytest.raises(ApplianceError) as err:
+        store.install_bundled("tiny")
+    assert err.value.code == "bundle_damaged" and "model.bin has SHA-256" in err.value.message
+    assert list(store.models_dir.iterdir()) == []
+
+
+def test_every_bundled_file_is_pinned_to_a_sha256():
+    bundles = [m.bundled for m in catalog.MODELS.values() if m.bundled is not None]
+    assert bundles
+    for bundle in bundles:
+        for part in bundle.files:
+            assert len(part.sha256) == 64 and int(part.sha256, 16) >= 0, part.target
 
 
 def test_offline_without_downloads_names_available_models(tmp_path):

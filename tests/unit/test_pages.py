@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from whisper_appliance import app as app_module
+from whisper_appliance.core import tls
 from whisper_appliance.core.config import Settings
 from whisper_appliance.services.appliance import Appliance
 from whisper_appliance.services.model_manager import ModelManager
@@ -210,3 +211,37 @@ def test_vendored_socketio_client_is_a_4x_build():
     head = (STATIC / "vendor" / "socket.io.min.js").read_text()[:200]
     assert re.search(r"Socket\.IO v4\.\d+\.\d+", head)
     assert (STATIC / "vendor" / "socket.io.LICENSE.txt").exists()
+
+
+def test_the_admin_page_and_api_show_the_certificate_fingerprint(tmp_path, monkeypatch):
+    monkeypatch.setattr(app_module, "PLUGINS", ("health", "auth", "admin", "pages"))
+    cert = tls.ensure_certificate(tmp_path / "ssl")
+    settings = Settings(data_dir=tmp_path / "data", models_dir=tmp_path / "models", async_mode="threading",
+                        admin_password=PASSWORD, whisper_model="tiny.en", model_downloads=False).validated()
+    appliance = Appliance.build(settings, models=ModelManager(settings, engine_factory=no_engine))
+    try:
+        app = app_module.create_app(settings, appliance=appliance, start_services=False, certificate=cert)
+        admin = logged_in(app)
+        page = admin.get("/admin", base_url=HTTPS).get_data(as_text=True)
+        assert cert.fingerprint_sha256 in page and len(cert.fingerprint_sha256) == 95  # 32 bytes as "AB:CD:..."
+        body = admin.get("/api/admin/certificate", base_url=HTTPS).get_json()
+        assert body["fingerprint_sha256"] == cert.fingerprint_sha256 and "127.0.0.1" in body["san_ips"]
+        assert "PRIVATE" not in str(body)
+        guest = app.test_client()
+        assert guest.get("/api/admin/certificate", base_url=HTTPS).status_code == 401
+        assert cert.fingerprint_sha256 not in guest.get("/admin", base_url=HTTPS).get_data(as_text=True)
+    finally:
+        appliance.stop()
+
+
+def test_the_certificate_api_says_when_there_is_none(app, monkeypatch, tmp_path):
+    monkeypatch.setattr(app_module, "PLUGINS", ("health", "auth", "admin"))
+    settings = Settings(data_dir=tmp_path / "data2", models_dir=tmp_path / "models", async_mode="threading",
+                        admin_password=PASSWORD, whisper_model="tiny.en", model_downloads=False).validated()
+    appliance = Appliance.build(settings, models=ModelManager(settings, engine_factory=no_engine))
+    try:
+        bare = app_module.create_app(settings, appliance=appliance, start_services=False)
+        r = logged_in(bare).get("/api/admin/certificate", base_url=HTTPS)
+        assert r.status_code == 404 and r.get_json()["error"]["code"] == "no_certificate"
+    finally:
+        appliance.stop()

@@ -110,6 +110,35 @@ def test_changed_addresses_regenerate(tmp_path, monkeypatch):
     assert not tls.ensure_certificate(tmp_path).generated
 
 
+def test_changed_addresses_keep_the_key(tmp_path, monkeypatch):
+    tls.ensure_certificate(tmp_path)
+    key_before = (tmp_path / tls.KEY_FILE).read_bytes()
+    public_before = _load(tmp_path / tls.CERT_FILE).public_key().public_numbers()
+    dns, ips = tls.local_names_and_addresses()
+    monkeypatch.setattr(tls, "local_names_and_addresses", lambda: (dns + ("renamed.example",), ips))
+    second = tls.ensure_certificate(tmp_path)
+    assert second.generated and "renamed.example" in second.san_dns
+    assert (tmp_path / tls.KEY_FILE).read_bytes() == key_before
+    assert _load(tmp_path / tls.CERT_FILE).public_key().public_numbers() == public_before
+    assert _mode(tmp_path / tls.KEY_FILE) == 0o600
+
+
+def test_an_expiring_certificate_gets_a_new_key(tmp_path):
+    now = datetime.now(UTC)
+    tls.ensure_certificate(tmp_path, now=now - tls.VALIDITY)
+    key_before = (tmp_path / tls.KEY_FILE).read_bytes()
+    assert tls.ensure_certificate(tmp_path, now=now).generated
+    assert (tmp_path / tls.KEY_FILE).read_bytes() != key_before
+
+
+def test_names_changed_is_none_for_the_same_names(tmp_path):
+    tls.ensure_certificate(tmp_path)
+    cert = _load(tmp_path / tls.CERT_FILE)
+    dns, ips = tls.certificate_names(cert)
+    assert tls.names_changed(cert, dns, ips) is None
+    assert "gone: 127.0.0.1" in tls.names_changed(cert, dns, tuple(a for a in ips if a != "127.0.0.1"))
+
+
 def test_corrupt_or_mismatched_default_pair_is_regenerated(tmp_path):
     tls.ensure_certificate(tmp_path / "a")
     other = tls.ensure_certificate(tmp_path / "b")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 PASSWORD = "unit-admin-password"
-TOKEN = "unit-api-token"
+TOKEN = "unit-api-token-0123456789"
 HTTPS = "https://localhost"
 
 

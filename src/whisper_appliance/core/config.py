@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from limits import parse_many
+
 from .catalog import ENGINES, MODEL_NAMES
 from .errors import ConfigError
 
@@ -97,10 +99,13 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("MAX_QUEUED_JOBS", "1000", "Unfinished async jobs, all users together; beyond it: 503 job_queue_full."),
     Variable("MAX_QUEUED_AUDIO_SECONDS", "360000", "Seconds of audio in unfinished jobs, all users together; beyond "
                                                    "it: 503 job_queue_full."),
-    Variable("ADMIN_PASSWORD", "", "Password of the account 'admin' (set, enabled and made an admin at every start); "
-                                   "if empty, a first admin is created with a generated password, logged once."),
+    Variable("ADMIN_PASSWORD", "", "Password of the account 'admin' (set, enabled and made an admin at every start; "
+                                   "12+ characters, not a common one); if empty, a first admin is created with a "
+                                   "generated password, logged once and written to DATA_DIR/admin-password.txt."),
     Variable("API_KEYS", "", "Comma-separated tokens accepted as 'Authorization: Bearer': 'transcribe' tokens of "
-                             "the admin account."),
+                             "the admin account; 16+ characters each."),
+    Variable("AUTH_TOKEN_FAILURE_LIMIT", "100 per minute", "Wrong bearer tokens accepted per client address before "
+                                                           "429 (e.g. '10 per minute; 100 per hour')."),
     Variable("REQUIRE_AUTH", "false", "Every request needs a login or a token; false: anonymous callers share a "
                                       "guest history."),
     Variable("ALLOW_REGISTRATION", "false", "Anyone who can reach the server may create a user account."),
@@ -124,6 +129,30 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("LIVE_RESUME_SECONDS", "30", "A live session whose connection drops waits this long for the client to "
                                           "resume it (same text, same history entry); 0 saves it at once."),
 )
+
+
+# Credentials set in the environment are checked at start: a short key or a common password is refused.
+MIN_API_KEY_LENGTH = 16
+MIN_ADMIN_PASSWORD_LENGTH = 12
+COMMON_PASSWORDS = frozenset({
+    "123456789012", "1234567890123", "administrator", "adminadmin123", "changeme1234", "letmein12345",
+    "password1234", "password12345", "passwordpassword", "qwertyuiop12", "qwerty123456", "whisperadmin",
+    "whisper-admin", "whisperappliance", "whisper-appliance", "iloveyou1234", "welcome12345",
+})
+
+
+def credential_problems(admin_password: str, api_keys: tuple[str, ...]) -> list[str]:
+    """What is too weak in ADMIN_PASSWORD and API_KEYS (never quoting the secrets themselves)."""
+    problems = []
+    if admin_password and len(admin_password) < MIN_ADMIN_PASSWORD_LENGTH:
+        problems.append(f"ADMIN_PASSWORD must have at least {MIN_ADMIN_PASSWORD_LENGTH} characters")
+    elif admin_password and admin_password.lower() in COMMON_PASSWORDS:
+        problems.append("ADMIN_PASSWORD is a common password: choose another")
+    short = [str(i) for i, key in enumerate(api_keys, start=1) if len(key) < MIN_API_KEY_LENGTH]
+    if short:
+        problems.append(f"API_KEYS: key(s) #{', #'.join(short)} have fewer than {MIN_API_KEY_LENGTH} characters "
+                        "(generate one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))')")
+    return problems
 
 
 @dataclass(frozen=True)
@@ -160,6 +189,7 @@ class Settings:
     max_queued_audio_seconds: int = 360000
     admin_password: str = field(default="", repr=False)
     api_keys: tuple[str, ...] = field(default=(), repr=False)
+    auth_token_failure_limit: str = "100 per minute"
     require_auth: bool = False
     allow_registration: bool = False
     cors_origins: tuple[str, ...] = ()
@@ -228,6 +258,11 @@ class Settings:
                 problems.append(f"{name.upper()} must be greater than 0")
         if bool(self.ssl_cert_path) != bool(self.ssl_key_path):
             problems.append("SSL_CERT_PATH and SSL_KEY_PATH must be set together")
+        try:
+            parse_many(self.auth_token_failure_limit)
+        except ValueError:
+            problems.append(f"AUTH_TOKEN_FAILURE_LIMIT={self.auth_token_failure_limit!r}: use e.g. '10 per minute'")
+        problems.extend(credential_problems(self.admin_password, self.api_keys))
         if problems:
             raise ConfigError("Invalid configuration:\n  " + "\n  ".join(problems))
         return self

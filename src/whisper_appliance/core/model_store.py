@@ -15,6 +15,7 @@ directory beside the target, renamed into place when complete.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import os
@@ -197,11 +198,19 @@ class ModelStore:
         self.models_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".installing", dir=self.models_dir))
         try:
+            expected = {part.target: part.sha256 for part in bundle.files}
             for target_name, sources in files.items():
+                digest = hashlib.sha256()
                 with open(tmp / target_name, "wb") as out:
                     for source in sources:
                         with open(source, "rb") as src:
-                            shutil.copyfileobj(src, out, _COPY_BUFFER)
+                            while chunk := src.read(_COPY_BUFFER):
+                                digest.update(chunk)
+                                out.write(chunk)
+                if digest.hexdigest() != expected[target_name]:
+                    raise ApplianceError(f"bundled model {name!r} is damaged: {target_name} has SHA-256 "
+                                         f"{digest.hexdigest()}, expected {expected[target_name]}",
+                                         code="bundle_damaged")
             size = (tmp / "model.bin").stat().st_size
             if size != bundle.size_bytes:
                 raise ApplianceError(f"bundled model {name!r} is damaged: model.bin has {size} bytes, "

@@ -63,6 +63,12 @@ class CertificateInfo:
     fingerprint_sha256: str  # "AB:CD:...", as browsers show it
     custom: bool
 
+    def to_dict(self) -> dict[str, object]:
+        """What the admin sees: enough to compare with what a browser shows, no key material."""
+        return {"fingerprint_sha256": self.fingerprint_sha256, "not_after": self.not_after.isoformat(),
+                "san_dns": list(self.san_dns), "san_ips": list(self.san_ips), "custom": self.custom,
+                "cert_path": str(self.cert_path)}
+
 
 # --- pure helpers ---------------------------------------------------------------------------------------------
 
@@ -140,6 +146,12 @@ def needs_renewal(cert: x509.Certificate, expected_dns: tuple[str, ...] | list[s
         return f"certificate expires on {cert.not_valid_after_utc:%Y-%m-%d}, within {RENEW_BEFORE.days} days"
     if cert.not_valid_before_utc > now:
         return f"certificate is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC (clock changed?)"
+    return names_changed(cert, expected_dns, expected_ips)
+
+
+def names_changed(cert: x509.Certificate, expected_dns: tuple[str, ...] | list[str],
+                  expected_ips: tuple[str, ...] | list[str]) -> str | None:
+    """How the host names/addresses of ``cert`` differ from the expected ones, or None when they are the same."""
     have_dns, have_ips = certificate_names(cert)
     want_dns = {n.lower() for n in expected_dns}
     want_ips = {ipaddress.ip_address(a) for a in expected_ips}
@@ -283,6 +295,7 @@ def ensure_certificate(ssl_dir: Path, *, cert_path: Path | None = None, key_path
     dns, ips = local_names_and_addresses()
 
     reason: str | None
+    reused_key: ec.EllipticCurvePrivateKey | None = None
     if not cert_path.exists() and not key_path.exists():
         reason = "no certificate yet"
     else:
@@ -292,6 +305,10 @@ def ensure_certificate(ssl_dir: Path, *, cert_path: Path | None = None, key_path
             reason = f"existing pair unusable: {exc}"
         else:
             reason = needs_renewal(cert, dns, ips, now)
+            only_names = reason is not None and reason == names_changed(cert, dns, ips)
+            if only_names and isinstance(_key, ec.EllipticCurvePrivateKey):
+                # Only the addresses changed: keep the key, so clients pinning it (and the key file) stay as they are.
+                reused_key = _key
             if reason is None:
                 _tighten_key_mode(key_path)
                 log.info("Using certificate %s (valid until %s, SHA-256 %s)", cert_path,
@@ -299,19 +316,23 @@ def ensure_certificate(ssl_dir: Path, *, cert_path: Path | None = None, key_path
                 return _info(cert, cert_path, key_path, generated=False, reason="existing certificate is current",
                              custom=False)
 
-    key = ec.generate_private_key(ec.SECP256R1())
+    key = reused_key or ec.generate_private_key(ec.SECP256R1())
     cert = build_certificate(key, dns, ips, now)
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
     try:
         ssl_dir.mkdir(parents=True, exist_ok=True)
-        _write_atomic(key_path, key_pem, 0o600)
+        if reused_key is None:
+            _write_atomic(key_path, key_pem, 0o600)
+        else:
+            _tighten_key_mode(key_path)
         _write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     except OSError as exc:
         raise ConfigError(f"SSL_DIR={ssl_dir}: cannot write the certificate there ({exc.strerror or exc})") from exc
     info = _info(cert, cert_path, key_path, generated=True, reason=reason, custom=False)
-    log.warning("Generated a self-signed certificate %s (%s); valid until %s for %s; SHA-256 %s", cert_path,
-                reason, f"{info.not_after:%Y-%m-%d}", ", ".join(dns + ips), info.fingerprint_sha256)
+    log.warning("Generated a self-signed certificate %s (%s%s); valid until %s for %s; SHA-256 %s", cert_path,
+                reason, "; same key" if reused_key is not None else "", f"{info.not_after:%Y-%m-%d}",
+                ", ".join(dns + ips), info.fingerprint_sha256)
     return info
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Blueprint, Flask, Response, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from flask_socketio import SocketIO
 
 from ..core import concurrency
@@ -176,6 +176,15 @@ def stats() -> Response:
 @require_admin
 def settings_view() -> Response:
     return jsonify(appliance().settings.public_dict())
+
+
+@bp.get("/api/admin/certificate")
+@require_admin
+def certificate_view() -> Response:
+    cert = current_app.extensions.get("certificate")
+    if cert is None:
+        raise NotFound("this server was started without a TLS certificate", code="no_certificate")
+    return jsonify(cert.to_dict())
 
 
 def init_app(app: Flask, socketio: SocketIO) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-from flask import Blueprint, Flask, Response, make_response, redirect, render_template, request
+from flask import Blueprint, Flask, Response, current_app, make_response, redirect, render_template, request
 from flask_socketio import SocketIO
 
 from .. import __version__
@@ -89,7 +89,9 @@ def admin() -> Response:
     if (gone := to_login()) is not None:
         return gone
     allowed = current_principal().is_admin
-    return render_page("admin.html", 200 if allowed else 403, page="admin", allowed=allowed)
+    certificate = current_app.extensions.get("certificate") if allowed else None
+    return render_page("admin.html", 200 if allowed else 403, page="admin", allowed=allowed,
+                       certificate=certificate)
 
 
 def init_app(app: Flask, socketio: SocketIO) -> None:

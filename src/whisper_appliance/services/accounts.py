@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from limits import RateLimitItem, parse_many
@@ -57,10 +59,12 @@ from .database import Database, format_timestamp
 log = logging.getLogger(__name__)
 
 ADMIN_NAME = "admin"
+GENERATED_PASSWORD_FILE = "admin-password.txt"  # in DATA_DIR, mode 0600, written when the password is generated
 SESSION_LIFETIME = timedelta(hours=12)  # browser sessions and tokens from POST /api/auth/token
 LAST_USED_WRITE_INTERVAL = timedelta(minutes=1)  # a credential's last_used_at is written at most this often
 LOGIN_LIMITS_PER_IP = "10 per minute"
 LOGIN_LIMITS_PER_USER = "20 per hour"
+TOKEN_FAILURE_LIMITS = "100 per minute"  # wrong bearer tokens per client address (AUTH_TOKEN_FAILURE_LIMIT)
 MAX_LABEL_LENGTH = 100
 KINDS = ("session", "access", "personal")
 
@@ -177,17 +181,45 @@ class LoginThrottle:
         return max(1, math.ceil(reset - time.time()))
 
 
+class TokenThrottle:
+    """Wrong bearer tokens per client address: guessing tokens is answered with 429 once a limit is used up.
+
+    An attempt is counted before the token is checked and given back when it was right, so an address that
+    used up its limit cannot learn whether its next guess is right."""
+
+    def __init__(self, limits: str = TOKEN_FAILURE_LIMITS) -> None:
+        self._limiter = FixedWindowRateLimiter(MemoryStorage())
+        self._items = parse_many(limits)
+
+    def attempt(self, address: str) -> Attempt:
+        taken: list[tuple[RateLimitItem, str, str]] = []
+        for item in self._items:
+            taken.append((item, "ip", address))
+            if not self._limiter.hit(item, "token", "ip", address):
+                reset = self._limiter.get_window_stats(item, "token", "ip", address).reset_time
+                retry = max(1, math.ceil(reset - time.time()))
+                self.succeeded(Attempt(tuple(taken)))  # a refused attempt checked no token: it is not a guess
+                raise RateLimited(f"too many wrong tokens from this address (at most {item}); try again in {retry} s",
+                                  code="rate_limited", headers={"Retry-After": str(retry)})
+        return Attempt(tuple(taken))
+
+    def succeeded(self, attempt: Attempt) -> None:
+        for item, kind, who in attempt.keys:
+            self._limiter.hit(item, "token", kind, who, cost=-1)
+
+
 # --- the service ------------------------------------------------------------------------------------------------
 
 class Accounts:
     def __init__(self, db: Database, auth_file: AuthFile, *, admin_password: str = "",
                  api_keys: Iterable[str] = (), allow_registration: bool = False,
-                 throttle: LoginThrottle | None = None,
+                 throttle: LoginThrottle | None = None, token_throttle: TokenThrottle | None = None,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.db = db
         self.auth_file = auth_file
         self.allow_registration = allow_registration
         self.throttle = throttle or LoginThrottle()
+        self.token_throttle = token_throttle or TokenThrottle()
         self._admin_password = admin_password
         self._clock = clock
         self._api_keys = [_ApiKey(f"api-key-{i}", f"API_KEYS #{i}", token_digest(key))
@@ -222,9 +254,19 @@ class Accounts:
             self._import_legacy_tokens(legacy.tokens)
         self.auth_file.drop_legacy()
         if generated is not None:
+            saved = self._save_generated_password(generated)
             bar = "=" * 72
-            log.warning("\n%s\nAdmin password generated: %s\n(user %r; shown once; stored only as a hash in %s)\n%s",
-                        bar, generated, ADMIN_NAME, self.db.path, bar)
+            log.warning("\n%s\nAdmin password generated: %s\n(user %r; shown once; also in %s (mode 0600): "
+                        "delete it once read)\n%s", bar, generated, ADMIN_NAME, saved, bar)
+
+    def _save_generated_password(self, password: str) -> Path:
+        """Write the generated password to DATA_DIR/admin-password.txt, readable by the service user only."""
+        path = self.db.path.parent / GENERATED_PASSWORD_FILE
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            os.fchmod(out.fileno(), 0o600)  # the file may have existed with a wider mode
+            out.write(f"{ADMIN_NAME}\n{password}\n")
+        return path
 
     def _ensure_env_admin(self) -> None:
         with self.db.read() as conn:
@@ -486,6 +528,15 @@ class Accounts:
                           expires))
         return Issued(token=token, credential_id=credential_id, user=user, scope=scope,
                       expires_in=int(lifetime.total_seconds()) if lifetime is not None else None)
+
+    def verify_bearer(self, token: str, address: str) -> Principal | None:
+        """``verify`` for a token a client presents (a header, Socket.IO auth): wrong ones count per address and
+        raise RateLimited once too many came from it."""
+        attempt = self.token_throttle.attempt(address)
+        principal = self.verify(token)
+        if principal is not None:
+            self.token_throttle.succeeded(attempt)
+        return principal
 
     def verify(self, token: str | None) -> Principal | None:
         """The principal a token (session, access, personal, API_KEYS) stands for; None when it is not valid."""

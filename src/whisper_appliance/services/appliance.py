@@ -19,7 +19,7 @@ from typing import Any
 from ..core.config import Settings
 from ..core.engines import resolve_workers
 from ..core.identity import Principal
-from .accounts import Accounts
+from .accounts import Accounts, TokenThrottle
 from .auth import AuthFile
 from .database import Database
 from .events import EventBus
@@ -79,7 +79,8 @@ class Appliance:
         job_store = JobStore(database)
         auth_file = AuthFile(settings.data_dir)
         accounts = Accounts(database, auth_file, admin_password=settings.admin_password, api_keys=settings.api_keys,
-                            allow_registration=settings.allow_registration)
+                            allow_registration=settings.allow_registration,
+                            token_throttle=TokenThrottle(settings.auth_token_failure_limit))
         accounts.bootstrap()
         metrics = Metrics()
         events = EventBus()
