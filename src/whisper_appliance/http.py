@@ -183,7 +183,7 @@ def owner_filter() -> OwnerFilter | None:
         return OwnerFilter(None)
     accounts = appliance().accounts
     user = accounts.find_user(value)
-    if user is None and value.isdigit() and len(value) < 19:
+    if user is None and value.isascii() and value.isdigit() and len(value) < 19:  # '³' is a digit, not an int
         user = next((u for u in accounts.list_users() if u.id == int(value)), None)
     if user is None:
         raise NotFound(f"no user {value!r}", code="unknown_user")

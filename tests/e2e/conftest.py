@@ -135,6 +135,10 @@ def make_server(tmp: Path, **env_overrides: str) -> ServerProcess:
         # A dropped live connection waits this long for a resume (30 s by default): tests that drop one see it
         # saved soon after.
         "LIVE_RESUME_SECONDS": str(LIVE_RESUME_SECONDS),
+        # Every test talks from 127.0.0.1, and schemathesis' auth checks send hundreds of wrong tokens a minute:
+        # at the default (100 per minute) the next test's right token would be refused too. The limit itself is
+        # tested on apps of its own (tests/unit/test_auth_plugin.py).
+        "AUTH_TOKEN_FAILURE_LIMIT": "100000 per minute",
     })
     env.update(env_overrides)
     return ServerProcess(base_url=f"https://127.0.0.1:{https_port}", http_url=f"http://127.0.0.1:{http_port}",

@@ -261,11 +261,19 @@ def test_history_search_refuses_hostile_queries_and_dates_with_400s(app, applian
     attack = "%20".join(f"{chr(ord('a') + i % 26)}*" for i in range(300))
     r = c.get(f"/api/history?q={attack}")
     assert r.status_code == 400 and r.get_json()["error"]["code"] == "query_too_complex"
-    for query in ("until=9999-12-31", "since=0000-01-01", "since=garbage", "until=0001-01-01T00:00:00%2B05:00"):
+    for query in ("until=9999-12-31", "since=0000-01-01", "since=garbage", "until=0001-01-01T00:00:00%2B05:00",
+                  "since=%C2%85"):  # U+0085 alone: Python's strip() would have made it "no date"
         r = c.get(f"/api/history?{query}")
         assert r.status_code == 400, (query, r.status_code)
         assert r.get_json()["error"]["code"] == "invalid_date"
     assert c.get("/api/history?q=pay*").get_json()["total"] == 1
+
+
+def test_an_unknown_user_that_looks_like_a_number_is_a_404_not_a_500(app):
+    c = Client(app).login()  # the admin
+    for user in ("%C2%B3", "%D9%A3", "12345"):  # '³' and Arabic-Indic 3 pass str.isdigit() but not int()
+        r = c.get(f"/api/history/stats?user={user}")
+        assert r.status_code == 404 and r.get_json()["error"]["code"] == "unknown_user", user
 
 
 def test_history_text_is_capped_on_every_path_that_stores_it(make_app):
