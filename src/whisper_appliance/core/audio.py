@@ -463,6 +463,9 @@ def check_sample_rate(rate: int) -> None:
                                f"{MAX_SAMPLE_RATE} Hz", code="unsupported_sample_rate")
 
 
+_UNKNOWN_FRAMES = 2 ** 62
+
+
 def _read_with_soundfile(path: str, sample_rate: int, max_seconds: float | None) -> np.ndarray | None:
     """The libsndfile fast path; None when the file is not a format it should handle."""
     import soundfile as sf
@@ -481,6 +484,11 @@ def _read_with_soundfile(path: str, sample_rate: int, max_seconds: float | None)
         return None
     # The header decides before anything is allocated: its rate, and its length (frames) at that rate.
     check_sample_rate(info.samplerate)
+    if info.frames >= _UNKNOWN_FRAMES:
+        # A FLAC written to a pipe has no length in its header (libsndfile says 2**63 - 1 frames, and reading it
+        # would allocate that): ffmpeg decodes it, counted against the cap as it goes.
+        log.debug("%s does not say how long it is; using ffmpeg", path)
+        return None
     if max_seconds is not None and info.frames / info.samplerate > max_seconds:
         raise too_long(info.frames / info.samplerate, max_seconds)
     try:
