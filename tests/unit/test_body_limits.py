@@ -8,13 +8,8 @@ import json
 import pytest
 
 from whisper_appliance import app as app_module
-from whisper_appliance.core.config import Settings
-from whisper_appliance.http import limiter
-from whisper_appliance.services.appliance import Appliance
-from whisper_appliance.services.model_manager import ModelManager
 
-from .fakes import silent_factory
-from .web import PASSWORD, TOKEN, Client
+from .web import PASSWORD, TOKEN, Client, build_app
 
 
 @pytest.fixture
@@ -22,17 +17,7 @@ def make_app(tmp_path, monkeypatch):
     monkeypatch.setattr(app_module, "PLUGINS", ("health", "auth", "history", "jobs", "upload", "openai_api"))
     built = []
 
-    def make(**overrides):
-        values = dict(data_dir=tmp_path / "data", models_dir=tmp_path / "models", async_mode="threading",
-                      admin_password=PASSWORD, api_keys=(TOKEN,), whisper_model="tiny.en", model_downloads=False)
-        settings = Settings(**{**values, **overrides}).validated()
-        appliance = Appliance.build(settings, models=ModelManager(settings, engine_factory=silent_factory))
-        built.append(appliance)
-        app = app_module.create_app(settings, appliance=appliance, start_services=False)
-        limiter.reset()
-        return app
-
-    yield make
+    yield lambda **overrides: build_app(tmp_path, built, **overrides)
     for appliance in built:
         appliance.stop()
 

@@ -9,6 +9,27 @@ TOKEN = "unit-api-token-0123456789"
 HTTPS = "https://localhost"
 
 
+def build_app(tmp_path: Path, built: list, **overrides):
+    """The real app over a fake model, with the unit tests' admin password and token; the Appliance goes into
+    ``built`` for the caller to stop. Flask-Limiter's counts start empty."""
+    from whisper_appliance import app as app_module
+    from whisper_appliance.core.config import Settings
+    from whisper_appliance.http import limiter
+    from whisper_appliance.services.appliance import Appliance
+    from whisper_appliance.services.model_manager import ModelManager
+
+    from .fakes import silent_factory
+
+    values = dict(data_dir=tmp_path / "data", models_dir=tmp_path / "models", async_mode="threading",
+                  admin_password=PASSWORD, api_keys=(TOKEN,), whisper_model="tiny.en", model_downloads=False)
+    settings = Settings(**{**values, **overrides}).validated()
+    appliance = Appliance.build(settings, models=ModelManager(settings, engine_factory=silent_factory))
+    built.append(appliance)
+    app = app_module.create_app(settings, appliance=appliance, start_services=False)
+    limiter.reset()
+    return app
+
+
 def fake_weights(models_dir: Path, name: str) -> None:
     d = models_dir / name
     d.mkdir(parents=True)
