@@ -33,7 +33,7 @@ from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from werkzeug.exceptions import HTTPException
 
-from .core.errors import ApplianceError, Forbidden, NotFound, PayloadTooLarge, Unauthorized, hide_paths
+from .core.errors import ApplianceError, Forbidden, NotFound, PayloadTooLarge, Unauthorized, hide_paths, internal_error
 from .core.identity import GUEST, GUEST_NAME, OwnerFilter, Principal
 from .services.auth import csrf_matches, parse_bearer
 
@@ -348,8 +348,7 @@ def request_id() -> str:
 
 
 def _internal(rid: str, code: str = "internal_error") -> ApplianceError:
-    """What a client learns of an internal error: no paths, no exception text, only where to look."""
-    return ApplianceError(f"internal server error (request id {rid}); the details are in the server log", code=code)
+    return internal_error(rid, code=code, label="request id")
 
 
 def install(app: Flask) -> None:

@@ -658,6 +658,40 @@ def test_failed_passes_are_reported_then_end_the_session(env):
     assert rec.events[-1][0] == "recording_stopped" and live.count() == 0
 
 
+def test_an_internal_failure_reaches_the_client_without_its_exception_text(env, caplog):
+    live = env.live
+    live.open("sid", {"format": "pcm16"}, GUEST)
+    env.scheduler.fail = RuntimeError("engine blew up reading /srv/secret/models/x.bin")
+    session = live.get("sid")
+    session.feed(pcm16(speech([1, 2], tail_silence=2.0)))
+    rec = Recorder()
+    with caplog.at_level("ERROR", logger="whisper_appliance.services.live"):
+        session.run(rec, lambda s: None)
+    errors = rec.named("transcription_error")
+    assert [p["code"] for p in errors] == ["internal_error"]
+    message = errors[0]["message"]
+    assert "blew up" not in message and "/srv" not in message and "x.bin" not in message
+    reference = message.split("error id ")[1].split(")")[0]
+    # The same id is logged next to the details, so an operator can find them.
+    assert any(reference in r.getMessage() and r.exc_info for r in caplog.records)
+    assert rec.events[-1][0] == "recording_stopped" and live.count() == 0
+
+
+def test_a_history_failure_at_the_end_is_reported_without_its_exception_text(env):
+    live = env.live
+    live.open("sid", {"format": "pcm16"}, GUEST)
+
+    def broken(**values):
+        raise OSError("database at /srv/secret/appliance.db is gone")
+
+    env.history.add = broken
+    rec = stream(live, "sid", speech([1, 2, 3], tail_silence=1.0))
+    errors = rec.named("transcription_error")
+    assert [p["code"] for p in errors] == ["history_failed"]
+    assert "/srv" not in errors[0]["message"] and "gone" not in errors[0]["message"]
+    assert "error id" in errors[0]["message"]
+
+
 def test_session_limit_stops_with_a_final_flush(tmp_path):
     e = make_env(Settings(data_dir=tmp_path, live_max_session_seconds=2))
     e.live.open("sid", {"format": "pcm16"}, GUEST)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import re
 import sqlite3
+import uuid
 
 
 class ApplianceError(Exception):
@@ -140,6 +141,17 @@ class ConfigError(ApplianceError):
 
     status = 500
     code = "config_error"
+
+
+def error_reference() -> str:
+    """A short id for one internal error: sent to the client and written next to the details in the server log."""
+    return uuid.uuid4().hex[:16]
+
+
+def internal_error(reference: str, *, what: str = "internal server error", code: str = "internal_error",
+                   label: str = "error id") -> ApplianceError:
+    """What a client learns of an internal error: no paths, no exception text, only where to look."""
+    return ApplianceError(f"{what} ({label} {reference}); the details are in the server log", code=code)
 
 
 _ABSOLUTE_PATH = re.compile(r"(?<![\w:/.])/(?:[^\s/'\"]+/)+([^\s/'\"]*)")

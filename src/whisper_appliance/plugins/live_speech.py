@@ -21,7 +21,7 @@ from typing import Any
 from flask import Flask, request
 from flask_socketio import Namespace, SocketIO
 
-from ..core.errors import ApplianceError, Forbidden
+from ..core.errors import ApplianceError, Forbidden, error_reference, internal_error
 from ..http import socket_principal
 from ..services.live import LiveSessions, client_key, parse_live_params
 
@@ -46,9 +46,10 @@ class LiveSpeech(Namespace):
         except ApplianceError as err:
             log.info("live %s: %s (%s)", sid[:8], err.message, err.code)
             self._send_error(sid, err)
-        except Exception as exc:
-            log.exception("live handler failed for %s", sid[:8])
-            self._send_error(sid, ApplianceError(f"internal error: {exc}", code="internal_error"))
+        except Exception:
+            ref = error_reference()
+            log.exception("live handler failed for %s (error id %s)", sid[:8], ref)
+            self._send_error(sid, internal_error(ref))
         return None
 
     # -- events ------------------------------------------------------------------------------------------------

@@ -50,7 +50,8 @@ import numpy as np
 from ..core import concurrency
 from ..core.audio import StreamDecoder, decode_audio, pcm16_to_float32
 from ..core.config import Settings
-from ..core.errors import ApplianceError, AudioDecodeError, Conflict, InvalidInput, PayloadTooLarge, RateLimited
+from ..core.errors import (ApplianceError, AudioDecodeError, Conflict, InvalidInput, PayloadTooLarge, RateLimited,
+                           error_reference, internal_error)
 from ..core.identity import Principal
 from ..core.options import check_language_for_model, parse_language, parse_options
 from ..core.records import SAMPLE_RATE, TASKS, Segment, TranscribeOptions, Transcript, TranscriptionInfo
@@ -444,10 +445,11 @@ class LiveSession:
                 elif not self._run(request):
                     sleep(RETRY_AFTER_FAILURE)
             self._flush_rest()
-        except Exception as exc:  # the session ends, but its committed text is still saved below
-            log.exception("live session %s failed", self.id)
+        except Exception:  # the session ends, but its committed text is still saved below
+            ref = error_reference()
+            log.exception("live session %s failed (error id %s)", self.id, ref)
             self._reason = "error"
-            self._emit_error(ApplianceError(f"the live session failed: {exc}", code="internal_error"))
+            self._emit_error(internal_error(ref, what="the live session failed"))
         finally:
             self._finish()
         assert self.summary is not None
@@ -575,9 +577,10 @@ class LiveSession:
             try:
                 history_id = self._owner.save(self, text)
             except Exception as exc:
-                log.exception("saving live session %s to history failed", self.id)
+                ref = error_reference()
+                log.exception("saving live session %s to history failed (error id %s)", self.id, ref)
                 self._emit_error(exc if isinstance(exc, ApplianceError) else
-                                 ApplianceError(f"the transcript could not be saved: {exc}", code="history_failed"))
+                                 internal_error(ref, what="the transcript could not be saved", code="history_failed"))
         self.summary = LiveSummary(session_id=self.id, text=text, duration=self.policy.audio_seconds,
                                    history_id=history_id, language=self.language,
                                    passes=self.policy.passes,
