@@ -50,8 +50,16 @@ import numpy as np
 from ..core import concurrency
 from ..core.audio import StreamDecoder, decode_audio, pcm16_to_float32
 from ..core.config import Settings
-from ..core.errors import (ApplianceError, AudioDecodeError, Conflict, InvalidInput, PayloadTooLarge, RateLimited,
-                           error_reference, internal_error)
+from ..core.errors import (
+    ApplianceError,
+    AudioDecodeError,
+    Conflict,
+    InvalidInput,
+    PayloadTooLarge,
+    RateLimited,
+    error_reference,
+    internal_error,
+)
 from ..core.identity import Principal
 from ..core.options import check_language_for_model, parse_language, parse_options
 from ..core.records import SAMPLE_RATE, TASKS, Segment, TranscribeOptions, Transcript, TranscriptionInfo
